@@ -1,1 +1,8 @@
-fn main(){}
+//! kiln's integration tests: one test binary. Guest plugins (reference ones from `plugins/`,
+//! hostile ones from `tests/plugins/`) are built for wasm32-wasip2 on first use.
+
+mod common;
+mod cli;
+mod hostile;
+mod reference;
+mod runtime;

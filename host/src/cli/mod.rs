@@ -1,0 +1,40 @@
+//! The command line: one file per subcommand, each with `execute(self)`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod plugin;
+
+/// kiln: turn a base language model into an instruction follower, without a chat template.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// kiln's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with plugins: check, hash, run.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+}
+
+impl Cli {
+    /// Run the command; the exit code says whether it succeeded.
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Plugin(c) => c.execute(),
+        }
+    }
+}
+
+/// Log to stderr; `KILN_LOG` sets the filter (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}

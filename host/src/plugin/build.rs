@@ -1,0 +1,106 @@
+//! Building guest plugins from source: `cargo build --target wasm32-wasip2` on a plugin
+//! workspace, then the components are copied (atomically) into a `dist` folder under their
+//! package names. Cargo decides what is stale, so calling this when nothing changed is cheap.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The target guest plugins are built for.
+pub const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// Why a plugin build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// cargo could not be started.
+    #[error("cannot run cargo to build plugins in \"{dir}\": {source}")]
+    Spawn {
+        /// The workspace.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// cargo failed.
+    #[error("building plugins in \"{dir}\" failed (cargo exit status {status}){hint}")]
+    Failed {
+        /// The workspace.
+        dir: PathBuf,
+        /// cargo's status.
+        status: String,
+        /// A hint, e.g. to install the target.
+        hint: String,
+    },
+    /// cargo built no component.
+    #[error("building plugins in \"{0}\" produced no .wasm file")]
+    NoArtifacts(PathBuf),
+    /// Copying into dist failed.
+    #[error(transparent)]
+    Fs(#[from] crate::sandbox::FsError),
+}
+
+/// A built component: its package name and where it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    /// Package name (e.g. `cleaner-basic`).
+    pub name: String,
+    /// Path in the dist folder.
+    pub path: PathBuf,
+}
+
+/// Build every cdylib/bin of the cargo workspace at `dir` for wasm32-wasip2 (release) and copy
+/// the components to `dist` as `<package>.wasm`.
+pub fn build_workspace(dir: &Path, dist: &Path) -> Result<Vec<Built>, BuildError> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--release")
+        .arg("--target")
+        .arg(WASM_TARGET)
+        .arg("--message-format=json-render-diagnostics")
+        .arg("--manifest-path")
+        .arg(dir.join("Cargo.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Host build flags (e.g. -C target-cpu=native) must not leak into the wasm build.
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
+        cmd.env_remove(var);
+    }
+    let output = cmd.output().map_err(|source| BuildError::Spawn { dir: dir.to_path_buf(), source })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let hint = if stderr.contains("target may not be installed") || stderr.contains("can't find crate for `std`") {
+            format!("; the {WASM_TARGET} target is missing: run `rustup target add {WASM_TARGET}`")
+        } else {
+            let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
+            format!("\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+        };
+        return Err(BuildError::Failed { dir: dir.to_path_buf(), status: output.status.to_string(), hint });
+    }
+    let mut artifacts: Vec<(String, PathBuf)> = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let name = msg["target"]["name"].as_str().unwrap_or_default().replace('_', "-");
+        for f in msg["filenames"].as_array().into_iter().flatten().filter_map(|f| f.as_str()) {
+            if f.ends_with(".wasm") {
+                artifacts.push((name.clone(), PathBuf::from(f)));
+            }
+        }
+    }
+    if artifacts.is_empty() {
+        return Err(BuildError::NoArtifacts(dir.to_path_buf()));
+    }
+    let dist_dir = crate::sandbox::RunDir::create(dist)?;
+    let mut built = Vec::new();
+    for (name, src) in artifacts {
+        let bytes = crate::sandbox::read_file(&src)?;
+        let file = format!("{name}.wasm");
+        if dist_dir.read_optional(&file)?.as_deref() != Some(&bytes[..]) {
+            dist_dir.write_atomic(&file, &bytes)?;
+        }
+        built.push(Built { name, path: dist.join(file) });
+    }
+    Ok(built)
+}

@@ -1,0 +1,443 @@
+//! A worker: one plugin instance in its own store, called in batches. A trap discards the
+//! store; the next call gets a fresh one from the same pre-instantiated component.
+
+use wasmtime::Store;
+
+use super::bindings::{cleaner, critic, qc, template, wit};
+use super::error::{CallError, FailureKind, PluginError};
+use super::runtime::{HostState, Plugin};
+use super::types::*;
+use super::world::World;
+
+enum Bindings {
+    Template(template::PromptTemplate),
+    Cleaner(cleaner::Cleaner),
+    Qc(qc::QcRule),
+    Critic(critic::Critic),
+}
+
+struct Live {
+    store: Store<HostState>,
+    bindings: Bindings,
+    stdout_seen: usize,
+    stderr_seen: usize,
+}
+
+/// What a plugin says about itself.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Info {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// WIT version it was built for.
+    pub wit_version: String,
+}
+
+/// One instance of a plugin. Not shared across threads: take one worker per thread.
+pub struct Worker<'p> {
+    plugin: &'p Plugin,
+    seed: u64,
+    live: Option<Live>,
+    instantiations: u64,
+}
+
+/// True when the innermost 16 frames (wasmtime keeps only the innermost 20) cycle through at
+/// most 4 functions: runaway recursion.
+fn in_deep_recursion(err: &wasmtime::Error) -> bool {
+    let Some(bt) = err.downcast_ref::<wasmtime::WasmBacktrace>() else { return false };
+    let frames = bt.frames();
+    if frames.len() < 16 {
+        return false;
+    }
+    let mut funcs: Vec<u32> = frames.iter().take(16).map(|f| f.func_index()).collect();
+    funcs.sort_unstable();
+    funcs.dedup();
+    funcs.len() <= 4
+}
+
+/// The innermost few wasm frames, for a trap message (the full backtrace can be thousands).
+fn top_frames(err: &wasmtime::Error) -> String {
+    let Some(bt) = err.downcast_ref::<wasmtime::WasmBacktrace>() else { return String::new() };
+    let names: Vec<String> = bt
+        .frames()
+        .iter()
+        .take(3)
+        .map(|f| f.func_name().map(str::to_string).unwrap_or_else(|| format!("func {}", f.func_index())))
+        .collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" (in {})", names.join(" < "))
+    }
+}
+
+type Raw<T> = wasmtime::Result<Result<T, wit::PluginError>>;
+
+impl<'p> Worker<'p> {
+    pub(crate) fn new(plugin: &'p Plugin, seed: u64) -> Self {
+        Worker { plugin, seed, live: None, instantiations: 0 }
+    }
+
+    /// The plugin this worker runs.
+    pub fn plugin(&self) -> &Plugin {
+        self.plugin
+    }
+
+    /// How many stores this worker has created (1 + one per trap, lazily).
+    pub fn instantiations(&self) -> u64 {
+        self.instantiations
+    }
+
+    fn instantiate(&mut self) -> Result<Live, PluginError> {
+        let p = self.plugin;
+        let mut store = p.new_store(self.seed.wrapping_add(self.instantiations))?;
+        self.instantiations += 1;
+        store.set_fuel(p.spec.limits.fuel).expect("fuel is enabled in the engine");
+        let load = |e: wasmtime::Error| PluginError::Load {
+            path: p.spec.path.clone(),
+            sha256: p.sha256.clone(),
+            detail: format!("{e:#}"),
+        };
+        let bindings = match p.world {
+            World::PromptTemplate => Bindings::Template(
+                template::PromptTemplatePre::new(p.pre.clone()).and_then(|b| b.instantiate(&mut store)).map_err(load)?,
+            ),
+            World::Cleaner => {
+                Bindings::Cleaner(cleaner::CleanerPre::new(p.pre.clone()).and_then(|b| b.instantiate(&mut store)).map_err(load)?)
+            }
+            World::QcRule => Bindings::Qc(qc::QcRulePre::new(p.pre.clone()).and_then(|b| b.instantiate(&mut store)).map_err(load)?),
+            World::Critic => {
+                Bindings::Critic(critic::CriticPre::new(p.pre.clone()).and_then(|b| b.instantiate(&mut store)).map_err(load)?)
+            }
+        };
+        Ok(Live { store, bindings, stdout_seen: 0, stderr_seen: 0 })
+    }
+
+    /// The plugin's name, version and WIT version (instantiates without configuring).
+    pub fn info(&mut self) -> Result<Info, PluginError> {
+        let mut live = self.instantiate()?;
+        let Live { store, bindings, .. } = &mut live;
+        let r = match bindings {
+            Bindings::Template(b) => b.kiln_stages_templating().call_info(&mut *store),
+            Bindings::Cleaner(b) => b.kiln_stages_cleaning().call_info(&mut *store),
+            Bindings::Qc(b) => b.kiln_stages_checking().call_info(&mut *store),
+            Bindings::Critic(b) => b.kiln_stages_judging().call_info(&mut *store),
+        };
+        let i = r.map_err(|e| self.failure("info", &[], &mut live, e))?;
+        Ok(Info { name: i.name, version: i.version, wit_version: i.wit_version })
+    }
+
+    /// Make sure a configured instance exists.
+    pub(crate) fn ensure_live(&mut self) -> Result<(), PluginError> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        let mut live = self.instantiate()?;
+        let config = self.plugin.spec.config.to_string();
+        let Live { store, bindings, .. } = &mut live;
+        let r = match bindings {
+            Bindings::Template(b) => b.kiln_stages_templating().call_configure(&mut *store, &config),
+            Bindings::Cleaner(b) => b.kiln_stages_cleaning().call_configure(&mut *store, &config),
+            Bindings::Qc(b) => b.kiln_stages_checking().call_configure(&mut *store, &config),
+            Bindings::Critic(b) => b.kiln_stages_judging().call_configure(&mut *store, &config),
+        };
+        match r {
+            Ok(Ok(())) => {
+                self.live = Some(live);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(PluginError::Config {
+                plugin: self.plugin.name.clone(),
+                sha256: self.plugin.sha256.clone(),
+                message: e.message,
+            }),
+            Err(trap) => Err(self.failure("configure", &[], &mut live, trap).into()),
+        }
+    }
+
+    /// Turn a trap into a [`CallError`] naming the plugin, the call and the records.
+    fn failure(&self, call: &str, ids: &[String], live: &mut Live, err: wasmtime::Error) -> CallError {
+        let stderr = String::from_utf8_lossy(&live.store.data().stderr.contents()).into_owned();
+        let refused = live.store.data().limiter.refused;
+        let trap = err.downcast_ref::<wasmtime::Trap>().copied();
+        let (kind, mut detail) = if let Some(bytes) = refused {
+            (
+                FailureKind::OutOfMemory,
+                format!("tried to grow linear memory to {bytes} bytes, over its cap of {} bytes", self.plugin.spec.limits.memory_bytes),
+            )
+        } else {
+            match trap {
+                Some(wasmtime::Trap::OutOfFuel) => (
+                    FailureKind::OutOfFuel,
+                    format!("used its whole budget of {} fuel units", self.plugin.spec.limits.fuel),
+                ),
+                Some(wasmtime::Trap::StackOverflow) => (FailureKind::StackOverflow, "wasm stack overflow".to_string()),
+                Some(wasmtime::Trap::UnreachableCodeReached) => (FailureKind::Panic, "wasm `unreachable` executed".to_string()),
+                // A guest language's own stack lives in linear memory: overflowing it runs off
+                // the start of memory, which shows as an out-of-bounds access deep in recursion.
+                Some(wasmtime::Trap::MemoryOutOfBounds) if in_deep_recursion(&err) => (
+                    FailureKind::StackOverflow,
+                    format!("guest stack overflow (out-of-bounds access in recursion{})", top_frames(&err)),
+                ),
+                Some(t) => (FailureKind::Trap, format!("{t}{}", top_frames(&err))),
+                None => (FailureKind::Trap, format!("{err}")),
+            }
+        };
+        let tail: String = {
+            let t = stderr.trim_end();
+            let start = t.char_indices().rev().nth(2000).map_or(0, |(i, _)| i);
+            t[start..].to_string()
+        };
+        if !tail.is_empty() {
+            detail.push_str(&format!("; plugin stderr: {tail}"));
+        }
+        CallError {
+            plugin: self.plugin.name.clone(),
+            sha256: self.plugin.sha256.clone(),
+            call: call.to_string(),
+            record_ids: ids.to_vec(),
+            kind,
+            detail,
+        }
+    }
+
+    /// Run one exported call with fuel reset, output capture, trap handling and output cap.
+    fn call<T: WireSize, R>(
+        &mut self,
+        name: &str,
+        ids: Vec<String>,
+        f: impl FnOnce(&Bindings, &mut Store<HostState>) -> Raw<R>,
+        convert: impl FnOnce(R) -> T,
+    ) -> Result<T, PluginError> {
+        self.ensure_live()?;
+        let mut live = self.live.take().expect("ensure_live made one");
+        live.store.set_fuel(self.plugin.spec.limits.fuel).expect("fuel is enabled in the engine");
+        let raw = f(&live.bindings, &mut live.store);
+        self.forward_logs(&mut live);
+        let out = match raw {
+            Err(trap) => return Err(self.failure(name, &ids, &mut live, trap).into()),
+            Ok(Err(e)) => {
+                self.live = Some(live);
+                let mut detail = format!("[{}] {}", e.code, e.message);
+                if !e.record_ids.is_empty() {
+                    detail.push_str(&format!(" (records named: {})", e.record_ids.join(", ")));
+                }
+                return Err(CallError {
+                    plugin: self.plugin.name.clone(),
+                    sha256: self.plugin.sha256.clone(),
+                    call: name.to_string(),
+                    record_ids: ids,
+                    kind: FailureKind::PluginError,
+                    detail,
+                }
+                .into());
+            }
+            Ok(Ok(v)) => convert(v),
+        };
+        self.live = Some(live);
+        let size = out.wire_size();
+        let cap = self.plugin.spec.limits.max_output_bytes;
+        if size > cap {
+            return Err(self.contract(name, ids, FailureKind::OutputTooLarge, format!("about {size} bytes, over the cap of {cap} bytes")));
+        }
+        Ok(out)
+    }
+
+    fn contract(&self, call: &str, ids: Vec<String>, kind: FailureKind, detail: String) -> PluginError {
+        CallError {
+            plugin: self.plugin.name.clone(),
+            sha256: self.plugin.sha256.clone(),
+            call: call.to_string(),
+            record_ids: ids,
+            kind,
+            detail,
+        }
+        .into()
+    }
+
+    /// Send what the plugin printed since the last call to kiln's log, under its name.
+    fn forward_logs(&self, live: &mut Live) {
+        let name = &self.plugin.name;
+        let out = live.store.data().stdout.contents();
+        if out.len() > live.stdout_seen {
+            for line in String::from_utf8_lossy(&out[live.stdout_seen..]).lines() {
+                tracing::info!(plugin = %name, stream = "stdout", "{line}");
+            }
+            live.stdout_seen = out.len();
+        }
+        let err = live.store.data().stderr.contents();
+        if err.len() > live.stderr_seen {
+            for line in String::from_utf8_lossy(&err[live.stderr_seen..]).lines() {
+                tracing::warn!(plugin = %name, stream = "stderr", "{line}");
+            }
+            live.stderr_seen = err.len();
+        }
+    }
+
+    fn expect_world(&self, world: World, call: &str) -> Result<(), PluginError> {
+        if self.plugin.world == world {
+            return Ok(());
+        }
+        Err(PluginError::WrongWorld {
+            path: self.plugin.spec.path.clone(),
+            sha256: self.plugin.sha256.clone(),
+            why: format!("is a {} plugin; `{call}` needs a {world} plugin", self.plugin.world),
+        })
+    }
+
+    fn check_count(&self, call: &str, ids: &[String], got: usize) -> Result<(), PluginError> {
+        if got == ids.len() {
+            return Ok(());
+        }
+        Err(self.contract(call, ids.to_vec(), FailureKind::Contract, format!("returned {got} results for {} inputs", ids.len())))
+    }
+
+    /// `prompt-template.instruction-prompts`.
+    pub fn instruction_prompts(&mut self, reqs: &[InstructionRequest]) -> Result<Vec<Prompt>, PluginError> {
+        const CALL: &str = "instruction-prompts";
+        self.expect_world(World::PromptTemplate, CALL)?;
+        let ids: Vec<String> = reqs.iter().map(|r| r.id.clone()).collect();
+        let wit_reqs: Vec<_> = reqs.iter().map(Into::into).collect();
+        let out: Vec<Prompt> = self.call(
+            CALL,
+            ids.clone(),
+            |b, s| match b {
+                Bindings::Template(t) => t.kiln_stages_templating().call_instruction_prompts(s, &wit_reqs),
+                _ => unreachable!("world checked"),
+            },
+            |v| v.into_iter().map(Into::into).collect(),
+        )?;
+        self.check_count(CALL, &ids, out.len())?;
+        Ok(out)
+    }
+
+    /// `prompt-template.response-prompts`.
+    pub fn response_prompts(&mut self, reqs: &[ResponseRequest]) -> Result<Vec<Prompt>, PluginError> {
+        const CALL: &str = "response-prompts";
+        self.expect_world(World::PromptTemplate, CALL)?;
+        let ids: Vec<String> = reqs.iter().map(|r| r.id.clone()).collect();
+        let wit_reqs: Vec<_> = reqs.iter().map(Into::into).collect();
+        let out: Vec<Prompt> = self.call(
+            CALL,
+            ids.clone(),
+            |b, s| match b {
+                Bindings::Template(t) => t.kiln_stages_templating().call_response_prompts(s, &wit_reqs),
+                _ => unreachable!("world checked"),
+            },
+            |v| v.into_iter().map(Into::into).collect(),
+        )?;
+        self.check_count(CALL, &ids, out.len())?;
+        Ok(out)
+    }
+
+    /// `prompt-template.parse-instructions`.
+    pub fn parse_instructions(&mut self, completions: &[InstructionCompletion]) -> Result<Vec<Parsed>, PluginError> {
+        const CALL: &str = "parse-instructions";
+        self.expect_world(World::PromptTemplate, CALL)?;
+        let ids: Vec<String> = completions.iter().map(|r| r.id.clone()).collect();
+        let wit_c: Vec<_> = completions.iter().map(Into::into).collect();
+        let out: Vec<Parsed> = self.call(
+            CALL,
+            ids.clone(),
+            |b, s| match b {
+                Bindings::Template(t) => t.kiln_stages_templating().call_parse_instructions(s, &wit_c),
+                _ => unreachable!("world checked"),
+            },
+            |v| v.into_iter().map(Into::into).collect(),
+        )?;
+        self.check_count(CALL, &ids, out.len())?;
+        Ok(out)
+    }
+
+    /// `cleaner.clean`.
+    pub fn clean(&mut self, samples: &[Sample]) -> Result<Vec<CleanOutcome>, PluginError> {
+        const CALL: &str = "clean";
+        self.expect_world(World::Cleaner, CALL)?;
+        let ids: Vec<String> = samples.iter().map(|s| s.id.clone()).collect();
+        let wit_s: Vec<wit::Sample> = samples.iter().map(Into::into).collect();
+        let out: Vec<CleanOutcome> = self.call(
+            CALL,
+            ids.clone(),
+            |b, s| match b {
+                Bindings::Cleaner(c) => c.kiln_stages_cleaning().call_clean(s, &wit_s),
+                _ => unreachable!("world checked"),
+            },
+            |v| v.into_iter().map(Into::into).collect(),
+        )?;
+        self.check_count(CALL, &ids, out.len())?;
+        for (o, id) in out.iter().zip(&ids) {
+            if let CleanOutcome::Keep { sample } = o {
+                if &sample.id != id {
+                    return Err(self.contract(
+                        CALL,
+                        ids.clone(),
+                        FailureKind::Contract,
+                        format!("kept sample {id} under another id ({})", sample.id),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `qc-rule.evaluate` over a whole set.
+    pub fn evaluate(&mut self, samples: &[Sample]) -> Result<QcReport, PluginError> {
+        const CALL: &str = "evaluate";
+        self.expect_world(World::QcRule, CALL)?;
+        let ids: Vec<String> = samples.iter().map(|s| s.id.clone()).collect();
+        let wit_s: Vec<wit::Sample> = samples.iter().map(Into::into).collect();
+        self.call(
+            CALL,
+            ids,
+            |b, s| match b {
+                Bindings::Qc(q) => q.kiln_stages_checking().call_evaluate(s, &wit_s),
+                _ => unreachable!("world checked"),
+            },
+            Into::into,
+        )
+    }
+
+    /// `critic.requests`.
+    pub fn score_requests(&mut self, samples: &[Sample]) -> Result<Vec<ScoreRequest>, PluginError> {
+        const CALL: &str = "requests";
+        self.expect_world(World::Critic, CALL)?;
+        let ids: Vec<String> = samples.iter().map(|s| s.id.clone()).collect();
+        let wit_s: Vec<wit::Sample> = samples.iter().map(Into::into).collect();
+        let out: Vec<ScoreRequest> = self.call(
+            CALL,
+            ids.clone(),
+            |b, s| match b {
+                Bindings::Critic(c) => c.kiln_stages_judging().call_requests(s, &wit_s),
+                _ => unreachable!("world checked"),
+            },
+            |v| v.into_iter().map(Into::into).collect(),
+        )?;
+        if let Some(r) = out.iter().find(|r| !ids.contains(&r.sample_id)) {
+            return Err(self.contract(CALL, ids, FailureKind::Contract, format!("requested a score for unknown sample {}", r.sample_id)));
+        }
+        Ok(out)
+    }
+
+    /// `critic.decide`.
+    pub fn decide(&mut self, samples: &[Sample], scores: &[Score]) -> Result<Vec<Judged>, PluginError> {
+        const CALL: &str = "decide";
+        self.expect_world(World::Critic, CALL)?;
+        let ids: Vec<String> = samples.iter().map(|s| s.id.clone()).collect();
+        let wit_s: Vec<wit::Sample> = samples.iter().map(Into::into).collect();
+        let wit_scores: Vec<_> = scores.iter().map(Into::into).collect();
+        let out: Vec<Judged> = self.call(
+            CALL,
+            ids.clone(),
+            |b, s| match b {
+                Bindings::Critic(c) => c.kiln_stages_judging().call_decide(s, &wit_s, &wit_scores),
+                _ => unreachable!("world checked"),
+            },
+            |v| v.into_iter().map(Into::into).collect(),
+        )?;
+        if let Some(j) = out.iter().find(|j| !ids.contains(&j.sample_id)) {
+            return Err(self.contract(CALL, ids, FailureKind::Contract, format!("returned a verdict for unknown sample {}", j.sample_id)));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,91 @@
+//! Helpers shared by the tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use kiln::plugin::{Generation, FinishReason, PluginSpec, Runtime, Sample};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn built(workspace: &str, dist: &Path, cell: &'static OnceLock<Result<(), String>>) {
+    let r = cell.get_or_init(|| {
+        kiln::plugin::build::build_workspace(&root().join(workspace), dist).map(|_| ()).map_err(|e| format!("{e:#}"))
+    });
+    if let Err(e) = r {
+        panic!("cannot build the plugins in {workspace}: {e}");
+    }
+}
+
+/// A reference plugin from `plugins/dist/` (built if missing or stale).
+pub fn reference(name: &str) -> PathBuf {
+    static CELL: OnceLock<Result<(), String>> = OnceLock::new();
+    let dist = root().join("plugins/dist");
+    built("plugins", &dist, &CELL);
+    dist.join(format!("{name}.wasm"))
+}
+
+/// A test-only plugin from `tests/plugins/` (built if missing or stale).
+pub fn test_plugin(name: &str) -> PathBuf {
+    static CELL: OnceLock<Result<(), String>> = OnceLock::new();
+    let dist = root().join("target/test-plugins");
+    built("tests/plugins", &dist, &CELL);
+    dist.join(format!("{name}.wasm"))
+}
+
+/// A runtime with a precompile cache shared by the tests.
+pub fn runtime() -> Runtime {
+    Runtime::new(Some(root().join("target/test-plugin-cache"))).unwrap()
+}
+
+/// A spec with a plugin config.
+pub fn spec(path: PathBuf, config: serde_json::Value) -> PluginSpec {
+    let mut s = PluginSpec::new(path);
+    s.config = config;
+    s
+}
+
+/// A generated sample.
+pub fn sample(id: &str, instruction: &str, response: &str) -> Sample {
+    Sample {
+        id: id.to_string(),
+        instruction_type: "open-qa".to_string(),
+        instruction: instruction.to_string(),
+        response: response.to_string(),
+        instruction_generation: Generation::default(),
+        response_generation: Generation {
+            finish_reason: FinishReason::Stop,
+            stop_sequence: Some("\nInstruction:".into()),
+            prompt_tokens: 30,
+            completion_tokens: 12,
+            max_tokens: 256,
+        },
+        verdicts: vec![],
+        metadata: Default::default(),
+    }
+}
+
+/// `n` ordinary samples with distinct instructions.
+pub fn samples(n: usize) -> Vec<Sample> {
+    let topics = ["rivers", "mountains", "planets", "birds", "bridges", "poems", "songs", "cities", "trees", "metals"];
+    (0..n)
+        .map(|i| {
+            sample(
+                &format!("s-{i:05}"),
+                &format!("Name {} famous {} and say one fact about each, number {i}.", 2 + i % 5, topics[i % topics.len()]),
+                &format!("Here are some {} with a fact about each one, answer {i}.", topics[i % topics.len()]),
+            )
+        })
+        .collect()
+}
+
+/// The kiln binary.
+pub fn kiln() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.env("KILN_CACHE_DIR", root().join("target/test-plugin-cache-cli"));
+    c
+}

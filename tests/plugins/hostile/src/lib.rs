@@ -1,0 +1,129 @@
+//! A cleaner that misbehaves on purpose. Its configuration names the misbehaviour
+//! (`{"mode": "loop"}`); it misbehaves only on samples whose instruction contains "TRIGGER"
+//! (or on every sample with `"always": true`) and keeps every other sample unchanged.
+//!
+//! Modes: loop, memory, stack, panic, output, fs, env, print, probe (records what the sandbox
+//! lets it see in metadata), wrong-count (returns too few outcomes).
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::hint::black_box;
+use std::sync::Mutex;
+
+wit_bindgen::generate!({ path: "../../../wit", world: "cleaner" });
+
+use exports::kiln::stages::cleaning::{Guest, Outcome};
+use kiln::stages::types::{Entry, PluginError, PluginInfo, Sample};
+
+static MODE: Mutex<(String, bool)> = Mutex::new((String::new(), false));
+
+fn recurse(n: u64) -> u64 {
+    let buf = black_box([n; 64]);
+    if black_box(true) {
+        return recurse(n + 1) + buf[3];
+    }
+    n
+}
+
+fn note(s: &mut Sample, key: &str, value: String) {
+    s.metadata.push(Entry { key: key.into(), value });
+}
+
+fn try_read(path: &str) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => format!("read {} bytes: {}", text.len(), text.chars().take(40).collect::<String>()),
+        Err(e) => format!("denied: {e}"),
+    }
+}
+
+fn misbehave(mode: &str, s: &mut Sample) -> Option<Outcome> {
+    match mode {
+        "loop" => {
+            let mut x = 0u64;
+            loop {
+                x = black_box(x.wrapping_add(1));
+            }
+        }
+        "memory" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                black_box(&hoard);
+            }
+        }
+        "stack" => {
+            black_box(recurse(0));
+        }
+        "panic" => panic!("hostile plugin panics on purpose on {}", s.id),
+        "output" => {
+            s.response = "x".repeat(100 << 20);
+        }
+        "fs" => {
+            note(s, "fs./etc/passwd", try_read("/etc/passwd"));
+            note(s, "fs.../", format!("{:?}", std::fs::read_dir("../").map(|d| d.count())));
+            note(s, "fs./data/../../etc/passwd", try_read("/data/../../etc/passwd"));
+            note(s, "fs./data/allowed.txt", try_read("/data/allowed.txt"));
+            note(s, "fs.write", format!("{:?}", std::fs::write("/data/written.txt", "x").map_err(|e| e.to_string())));
+        }
+        "env" => {
+            let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+            note(s, "env.count", vars.len().to_string());
+            note(s, "env.HOME", format!("{:?}", std::env::var("HOME").ok()));
+            note(s, "env.args", std::env::args().count().to_string());
+        }
+        "print" => {
+            println!("hello from the plugin on stdout about {}", s.id);
+            eprintln!("hello from the plugin on stderr about {}", s.id);
+        }
+        "probe" => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs());
+            note(s, "clock.wall", format!("{now:?}"));
+            note(s, "random.hash", RandomState::new().hash_one("kiln").to_string());
+            note(s, "net", format!("{:?}", std::net::TcpStream::connect("127.0.0.1:9").map_err(|e| e.kind())));
+        }
+        "wrong-count" => return None,
+        other => panic!("unknown hostile mode {other}"),
+    }
+    Some(Outcome::Keep(s.clone()))
+}
+
+struct Component;
+
+impl Guest for Component {
+    fn info() -> PluginInfo {
+        PluginInfo { name: "hostile".into(), version: "0.1.0".into(), wit_version: "0.1.0".into() }
+    }
+
+    fn configure(config: String) -> Result<(), PluginError> {
+        let v: serde_json::Value = serde_json::from_str(&config)
+            .map_err(|e| PluginError { code: "bad-config".into(), message: e.to_string(), record_ids: vec![] })?;
+        let mode = v["mode"].as_str().unwrap_or("").to_string();
+        let always = v["always"].as_bool().unwrap_or(false);
+        if mode == "reject-config" {
+            return Err(PluginError { code: "bad-config".into(), message: "mode reject-config refuses every configuration".into(), record_ids: vec![] });
+        }
+        *MODE.lock().unwrap() = (mode, always);
+        Ok(())
+    }
+
+    fn clean(samples: Vec<Sample>) -> Result<Vec<Outcome>, PluginError> {
+        let (mode, always) = MODE.lock().unwrap().clone();
+        let mut out = Vec::new();
+        for mut s in samples {
+            if always || s.instruction.contains("TRIGGER") {
+                if mode == "refuse" {
+                    return Err(PluginError { code: "bad-input".into(), message: format!("refusing {}", s.id), record_ids: vec![s.id] });
+                }
+                match misbehave(&mode, &mut s) {
+                    Some(o) => out.push(o),
+                    None => continue,
+                }
+            } else {
+                out.push(Outcome::Keep(s));
+            }
+        }
+        Ok(out)
+    }
+}
+
+export!(Component);
