@@ -1,1 +1,146 @@
-fn main(){}
+//! Plugin cost: `cleaner-basic` as a wasm component through kiln's runtime against the same
+//! cleaning logic compiled natively and called directly, per record, at batch sizes 1, 64 and
+//! 1024; and the cost of instantiating a plugin from the precompiled cache.
+//!
+//! Run: `cargo bench --bench plugin_cost` (add `-- --records N` to change the workload).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kiln::plugin::{CleanOutcome, PluginSpec, Runtime, Sample};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// A deterministic workload: realistic instruction/response lengths, with some leaked markers,
+/// repetitions and near-duplicates so that every cleaning path runs.
+fn workload(n: usize) -> Vec<Sample> {
+    let subjects = ["rivers", "volcanoes", "planets", "spiders", "bridges", "novels", "glaciers", "violins", "deserts", "markets", "comets", "orchards"];
+    let verbs = ["Describe", "Explain", "List", "Compare", "Summarise", "Name"];
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    (0..n)
+        .map(|i| {
+            let r = next();
+            let subj = subjects[(r % subjects.len() as u64) as usize];
+            let verb = verbs[((r >> 8) % verbs.len() as u64) as usize];
+            let instruction = format!("{verb} {} interesting facts about {subj} for a curious reader, item {}.", 2 + (r >> 16) % 6, (r >> 20) % 97);
+            let mut response: String = (0..(20 + (r >> 24) % 60))
+                .map(|k| ["the", subj, "are", "known", "for", "their", "long", "history", "and", "shape", "in", "many", "regions"][((r >> (k % 40)) as usize + k as usize) % 13])
+                .collect::<Vec<_>>()
+                .join(" ");
+            match i % 10 {
+                3 => response.push_str("\n\nInstruction: write another one"),
+                7 => response = "again and again ".repeat(20),
+                _ => {}
+            }
+            let mut s: Sample = serde_json::from_value(serde_json::json!({
+                "id": format!("b-{i:06}"), "instruction_type": "open-qa", "instruction": instruction, "response": response
+            }))
+            .unwrap();
+            s.response_generation.completion_tokens = 40;
+            s
+        })
+        .collect()
+}
+
+fn seeds() -> Vec<String> {
+    std::fs::read_to_string(root().join("data/seeds.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["instruction"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The native path: the same conversions the component's glue does, then the same logic.
+fn native_clean(cfg: &cleaner_basic::Config, reference: &kiln_text::NearDupIndex, batch: &[Sample]) -> Vec<CleanOutcome> {
+    let texts: Vec<cleaner_basic::Texts> = batch
+        .iter()
+        .map(|s| cleaner_basic::Texts { id: s.id.clone(), instruction: s.instruction.clone(), response: s.response.clone() })
+        .collect();
+    cleaner_basic::clean(cfg, reference, &texts)
+        .into_iter()
+        .zip(batch)
+        .map(|(o, s)| match o {
+            cleaner_basic::Outcome::Keep { instruction, response, notes } => {
+                let mut sample = s.clone();
+                sample.instruction = instruction;
+                sample.response = response;
+                sample.metadata.extend(notes);
+                CleanOutcome::Keep { sample }
+            }
+            cleaner_basic::Outcome::Drop { code, detail } => CleanOutcome::Dropped { code, detail },
+        })
+        .collect()
+}
+
+fn best_of<F: FnMut() -> usize>(reps: usize, mut f: F) -> Duration {
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed()
+        })
+        .min()
+        .unwrap()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let records: usize = args
+        .iter()
+        .position(|a| a == "--records")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("--records takes a number"))
+        .unwrap_or(4096);
+    let built = kiln::plugin::build::build_workspace(&root().join("plugins"), &root().join("plugins/dist")).expect("build plugins");
+    let path = built.iter().find(|b| b.name == "cleaner-basic").expect("cleaner-basic built").path.clone();
+    let seed_list = seeds();
+    let config = serde_json::json!({ "reference_instructions": seed_list });
+    let cfg = cleaner_basic::parse_config(&config.to_string()).unwrap();
+    let reference = cleaner_basic::reference_index(&cfg, &[]);
+    let data = workload(records);
+
+    let cache = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(Some(cache.path().to_path_buf())).unwrap();
+    let mut spec = PluginSpec::new(&path);
+    spec.config = config.clone();
+    let t = Instant::now();
+    let plugin = rt.load(&spec).unwrap();
+    let cold = t.elapsed();
+
+    // Same answers both ways.
+    let mut w = plugin.worker(0);
+    assert_eq!(w.clean(&data[..256]).unwrap(), native_clean(&cfg, &reference, &data[..256]), "plugin and native disagree");
+
+    println!("kiln plugin cost: cleaner-basic ({} bytes), {records} records, best of 5", std::fs::metadata(&path).unwrap().len());
+    println!("{:>6}  {:>14}  {:>14}  {:>7}", "batch", "plugin ns/rec", "native ns/rec", "ratio");
+    for batch in [1usize, 64, 1024] {
+        let plugin_t = best_of(5, || data.chunks(batch).map(|c| w.clean(c).unwrap().len()).sum());
+        let native_t = best_of(5, || data.chunks(batch).map(|c| native_clean(&cfg, &reference, c).len()).sum());
+        let p = plugin_t.as_nanos() as f64 / records as f64;
+        let n = native_t.as_nanos() as f64 / records as f64;
+        println!("{batch:>6}  {p:>14.0}  {n:>14.0}  {:>6.2}x", p / n);
+    }
+
+    // Instantiation: a whole load from the warm cache (read, hash, deserialise, instantiate,
+    // info, configure), and a fresh configured instance from the already loaded component.
+    let warm_load = best_of(10, || {
+        rt.load(&spec).unwrap();
+        1
+    });
+    let fresh = best_of(20, || {
+        let mut w = plugin.worker(1);
+        w.ready().unwrap();
+        1
+    });
+    println!("compile + cache (first load): {:>8.2} ms", cold.as_secs_f64() * 1e3);
+    println!("load from precompiled cache:  {:>8.2} ms", warm_load.as_secs_f64() * 1e3);
+    println!("fresh instance (configured):  {:>8.3} ms", fresh.as_secs_f64() * 1e3);
+}

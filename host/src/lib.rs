@@ -9,6 +9,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod model;
 pub mod plugin;
 pub mod provenance;
 pub mod sandbox;
+pub mod stages;
+pub mod stats;

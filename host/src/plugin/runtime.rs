@@ -243,7 +243,7 @@ impl Runtime {
         plugin.version = info.version;
         plugin.wit_version = info.wit_version;
         // Configure once now so that a bad configuration is reported at load time.
-        super::Worker::new(&plugin, 0).ensure_live()?;
+        super::Worker::new(&plugin, 0).ready()?;
         Ok(plugin)
     }
 

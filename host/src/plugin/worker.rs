@@ -128,8 +128,8 @@ impl<'p> Worker<'p> {
         Ok(Info { name: i.name, version: i.version, wit_version: i.wit_version })
     }
 
-    /// Make sure a configured instance exists.
-    pub(crate) fn ensure_live(&mut self) -> Result<(), PluginError> {
+    /// Instantiate and configure now (otherwise this happens on the first call).
+    pub fn ready(&mut self) -> Result<(), PluginError> {
         if self.live.is_some() {
             return Ok(());
         }
@@ -210,8 +210,8 @@ impl<'p> Worker<'p> {
         f: impl FnOnce(&Bindings, &mut Store<HostState>) -> Raw<R>,
         convert: impl FnOnce(R) -> T,
     ) -> Result<T, PluginError> {
-        self.ensure_live()?;
-        let mut live = self.live.take().expect("ensure_live made one");
+        self.ready()?;
+        let mut live = self.live.take().expect("ready() made one");
         live.store.set_fuel(self.plugin.spec.limits.fuel).expect("fuel is enabled in the engine");
         let raw = f(&live.bindings, &mut live.store);
         self.forward_logs(&mut live);

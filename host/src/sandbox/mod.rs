@@ -81,6 +81,36 @@ impl RunDir {
         result.map_err(fs_err("write", full))
     }
 
+    /// Atomically create `rel` from whatever `fill` writes (streamed, for large files); on an
+    /// error the temporary file is removed and `rel` is untouched.
+    pub fn write_atomic_with<E: From<FsError>>(
+        &self,
+        rel: &str,
+        fill: impl FnOnce(&mut dyn Write) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let full = self.join(rel);
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = format!(".{rel}.partial-{}-{n}", std::process::id());
+        let mut f = self.dir.create(&tmp).map_err(fs_err("create", self.join(&tmp)))?;
+        let filled = {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+            let r = fill(&mut w);
+            match r {
+                Ok(()) => w.flush().map_err(|e| E::from(fs_err("write", full.clone())(e))),
+                Err(e) => Err(e),
+            }
+        };
+        let done = filled.and_then(|()| {
+            f.sync_all().map_err(|e| E::from(fs_err("write", full.clone())(e)))?;
+            self.dir.rename(&tmp, &self.dir, rel).map_err(|e| E::from(fs_err("rename into place", full.clone())(e)))
+        });
+        if done.is_err() {
+            let _ = self.dir.remove_file(&tmp);
+        }
+        done
+    }
+
     /// Read a file inside the directory, if it exists.
     pub fn read_optional(&self, rel: &str) -> Result<Option<Vec<u8>>, FsError> {
         match self.dir.read(rel) {

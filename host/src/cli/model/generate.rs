@@ -1,0 +1,101 @@
+//! `kiln model generate` and `kiln model score`: JSON lines in, JSON lines out.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::model::{BatchOptions, Engine, GenRequest, LoadOptions, SamplingParams, ScoreRequest};
+use crate::sandbox::read_jsonl;
+
+/// Model selection shared by the model commands.
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file (default: the default base model, fetched on first use).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Load a model that carries a chat template (it is recorded; kiln never applies it).
+    #[arg(long)]
+    pub allow_chat_template: bool,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+}
+
+impl ModelArgs {
+    /// Load the model.
+    pub fn load(&self) -> anyhow::Result<Engine> {
+        let path = match &self.model {
+            Some(p) => p.clone(),
+            None => {
+                let m = crate::model::fetch::GEMMA3_270M;
+                crate::model::fetch::ensure(&m, &crate::model::fetch::models_dir(None))?
+            }
+        };
+        Ok(Engine::load(&path, &LoadOptions { allow_chat_template: self.allow_chat_template })?)
+    }
+}
+
+/// Generate: reads `{"id", "prompt", "stop": [...], "max_tokens", "seed"}` lines (FILE or `-`),
+/// writes `{"id", "text", "finish_reason", "stop_sequence", "prompt_tokens",
+/// "completion_tokens", "tokens"}` lines in input order.
+#[derive(Debug, Args)]
+pub struct GenerateCommand {
+    /// Requests, JSON lines.
+    #[arg(long, default_value = "-")]
+    pub input: PathBuf,
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus mass (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Top-k (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+}
+
+impl GenerateCommand {
+    /// Run it.
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let reqs: Vec<GenRequest> = read_jsonl(&self.input)?;
+        let engine = self.model.load()?;
+        let sampling = SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k };
+        let out = engine.generate(&reqs, &sampling, BatchOptions { max_batch: self.model.batch }, &mut |_, _| {})?;
+        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+        for g in out {
+            writeln!(w, "{}", serde_json::to_string(&g)?)?;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Score: reads `{"id", "prompt", "candidates": [...]}` lines, writes `{"id", "logprobs",
+/// "tokens"}` lines (natural-log probability of each candidate's tokens after the prompt).
+#[derive(Debug, Args)]
+pub struct ScoreCommand {
+    /// Requests, JSON lines.
+    #[arg(long, default_value = "-")]
+    pub input: PathBuf,
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+impl ScoreCommand {
+    /// Run it.
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let reqs: Vec<ScoreRequest> = read_jsonl(&self.input)?;
+        let engine = self.model.load()?;
+        let out = engine.score(&reqs, BatchOptions { max_batch: self.model.batch })?;
+        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+        for s in out {
+            writeln!(w, "{}", serde_json::to_string(&s)?)?;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,66 @@
+//! `kiln pilot --config configs/pilot.toml`: generate, clean, critique and gate a pilot dataset.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::config::pilot::{Overrides, PilotConfig};
+use crate::stages::pilot::{run, PilotOptions};
+use crate::stages::progress::Progress;
+use crate::stages::EXIT_GATE_FAILED;
+
+/// Run a pilot: instructions and responses from the base model in completion mode, through the
+/// template, cleaners, critics and QC rules of the config, to the gate. An interrupted run is
+/// finished by running the same command again. Exit code: 0 gate passed, 2 gate failed, 1 error.
+#[derive(Debug, Args)]
+pub struct PilotCommand {
+    /// The pilot config.
+    #[arg(long, default_value = "configs/pilot.toml")]
+    pub config: PathBuf,
+    /// Run id (the run's folder under the artifacts folder); replaces the config's.
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Where runs go; replaces the config's.
+    #[arg(long)]
+    pub artifacts_dir: Option<PathBuf>,
+    /// Run seed; replaces the config's.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Samples to generate; replaces the config's.
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// A GGUF file or a known model name; replaces the config's.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Print the summary as JSON (and no progress bars).
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl PilotCommand {
+    /// Run it.
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let ov = Overrides {
+            run_id: self.run_id.clone(),
+            artifacts_dir: self.artifacts_dir.clone(),
+            seed: self.seed,
+            count: self.count,
+            model: self.model.clone(),
+            replay: false,
+        };
+        let cfg = PilotConfig::load(&self.config, &ov)?;
+        let out = run(&cfg, &PilotOptions { progress: Progress::new(!self.json && !self.quiet) })
+            .with_context(|| format!("pilot \"{}\" failed", cfg.run_id))?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&out.summary)?);
+        } else {
+            println!("{}", out.summary);
+        }
+        Ok(if out.summary.pass { ExitCode::SUCCESS } else { ExitCode::from(EXIT_GATE_FAILED) })
+    }
+}

@@ -1,0 +1,345 @@
+//! Batched generation with per-sequence seeded sampling, stop sequences matched on decoded
+//! text, EOS and token budgets; and batched scoring of candidate continuations.
+
+use std::collections::VecDeque;
+
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use serde::{Deserialize, Serialize};
+
+use super::engine::Engine;
+use super::error::ModelError;
+use super::transformer::{log_softmax, SeqCache, Step, Want};
+
+/// Sampling parameters. `temperature` 0 means greedy.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 = greedy (argmax).
+    pub temperature: f64,
+    /// Nucleus mass; 1.0 = off.
+    pub top_p: f64,
+    /// Keep the k most likely tokens; 0 = off.
+    pub top_k: usize,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0 }
+    }
+}
+
+impl SamplingParams {
+    /// Check the values, naming the bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(format!("temperature must be >= 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        Ok(())
+    }
+
+    fn sampling(&self) -> Sampling {
+        if self.temperature <= 0.0 {
+            return Sampling::ArgMax;
+        }
+        let temperature = self.temperature;
+        match (self.top_k > 0, self.top_p < 1.0) {
+            (false, false) => Sampling::All { temperature },
+            (true, false) => Sampling::TopK { k: self.top_k, temperature },
+            (false, true) => Sampling::TopP { p: self.top_p, temperature },
+            (true, true) => Sampling::TopKThenTopP { k: self.top_k, p: self.top_p, temperature },
+        }
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finish {
+    /// A stop sequence appeared (it is cut off).
+    Stop,
+    /// The model produced an end-of-sequence token.
+    Eos,
+    /// The token budget was spent.
+    Length,
+}
+
+/// One thing to generate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenRequest {
+    /// Caller's id.
+    #[serde(default)]
+    pub id: String,
+    /// The text to continue.
+    pub prompt: String,
+    /// Stop sequences.
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Token budget.
+    pub max_tokens: u32,
+    /// The sequence's own seed: the same request and seed give the same tokens in any batch.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// What came out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generated {
+    /// Caller's id.
+    pub id: String,
+    /// Completion text (stop sequence removed).
+    pub text: String,
+    /// Why it stopped.
+    pub finish_reason: Finish,
+    /// The stop sequence that fired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_sequence: Option<String>,
+    /// Prompt tokens (BOS included).
+    pub prompt_tokens: u32,
+    /// Generated tokens (up to and including the one that completed a stop sequence or EOS).
+    pub completion_tokens: u32,
+    /// The generated token ids.
+    pub tokens: Vec<u32>,
+}
+
+/// Batching options.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    /// Sequences decoded together.
+    pub max_batch: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions { max_batch: 16 }
+    }
+}
+
+struct Active {
+    idx: usize,
+    cache: SeqCache,
+    feed: Vec<u32>,
+    generated: Vec<u32>,
+    proc: LogitsProcessor,
+    prompt_len: usize,
+}
+
+/// Earliest occurrence of any stop sequence in `text`: (byte offset, the sequence).
+fn find_stop<'a>(text: &str, stops: &'a [String]) -> Option<(usize, &'a String)> {
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str()).map(|p| (p, s))).min_by_key(|(p, _)| *p)
+}
+
+impl Engine {
+    /// Generate for every request, `opts.max_batch` sequences at a time (continuous
+    /// batching: a finished sequence's slot goes to the next request at once). `on_done` is
+    /// called as each finishes, with its index in `reqs`.
+    pub fn generate(
+        &self,
+        reqs: &[GenRequest],
+        sampling: &SamplingParams,
+        opts: BatchOptions,
+        on_done: &mut dyn FnMut(usize, &Generated),
+    ) -> Result<Vec<Generated>, ModelError> {
+        sampling.validate().map_err(ModelError::Request)?;
+        let eos = self.tokenizer.eos_ids();
+        let mut results: Vec<Option<Generated>> = vec![None; reqs.len()];
+        let mut pending: VecDeque<usize> = (0..reqs.len()).collect();
+        let mut active: Vec<Active> = Vec::new();
+        let limit = self.model.max_positions();
+        loop {
+            while active.len() < opts.max_batch.max(1) {
+                let Some(idx) = pending.pop_front() else { break };
+                let r = &reqs[idx];
+                let ids = self.prompt_ids(&r.prompt)?;
+                if ids.len() + r.max_tokens as usize > limit {
+                    return Err(ModelError::Request(format!(
+                        "request \"{}\": {} prompt tokens + {} max tokens exceed the {limit} positions available",
+                        r.id,
+                        ids.len(),
+                        r.max_tokens
+                    )));
+                }
+                if r.max_tokens == 0 || ids.is_empty() {
+                    let g = Generated {
+                        id: r.id.clone(),
+                        text: String::new(),
+                        finish_reason: Finish::Length,
+                        stop_sequence: None,
+                        prompt_tokens: ids.len() as u32,
+                        completion_tokens: 0,
+                        tokens: vec![],
+                    };
+                    on_done(idx, &g);
+                    results[idx] = Some(g);
+                    continue;
+                }
+                active.push(Active {
+                    idx,
+                    cache: self.model.new_cache(),
+                    prompt_len: ids.len(),
+                    feed: ids,
+                    generated: Vec::new(),
+                    proc: LogitsProcessor::from_sampling(r.seed, sampling.sampling()),
+                });
+            }
+            if active.is_empty() {
+                break;
+            }
+            let logits = {
+                let mut steps: Vec<Step<'_>> = active
+                    .iter_mut()
+                    .map(|a| Step { cache: &mut a.cache, tokens: &a.feed, want: Want::Last })
+                    .collect();
+                self.model.forward(&mut steps)?
+            };
+            let mut finished = Vec::new();
+            for (slot, (a, rows)) in active.iter_mut().zip(logits).enumerate() {
+                let row = rows.into_iter().next().expect("one logits row per step");
+                let t = Tensor::from_vec(row, self.model.cfg.vocab, &Device::Cpu)?;
+                let tok = a.proc.sample(&t)?;
+                a.generated.push(tok);
+                let r = &reqs[a.idx];
+                let mut done = None;
+                if eos.contains(&tok) {
+                    let text = self.tokenizer.decode(&a.generated[..a.generated.len() - 1])?;
+                    done = Some((text, Finish::Eos, None));
+                } else {
+                    let text = self.tokenizer.decode(&a.generated)?;
+                    if let Some((p, s)) = find_stop(&text, &r.stop) {
+                        done = Some((text[..p].to_string(), Finish::Stop, Some(s.clone())));
+                    } else if a.generated.len() >= r.max_tokens as usize {
+                        done = Some((text, Finish::Length, None));
+                    }
+                }
+                match done {
+                    Some((text, finish_reason, stop_sequence)) => {
+                        let g = Generated {
+                            id: r.id.clone(),
+                            text,
+                            finish_reason,
+                            stop_sequence,
+                            prompt_tokens: a.prompt_len as u32,
+                            completion_tokens: a.generated.len() as u32,
+                            tokens: a.generated.clone(),
+                        };
+                        on_done(a.idx, &g);
+                        results[a.idx] = Some(g);
+                        finished.push(slot);
+                    }
+                    None => a.feed = vec![tok],
+                }
+            }
+            for slot in finished.into_iter().rev() {
+                active.swap_remove(slot);
+            }
+        }
+        Ok(results.into_iter().map(|g| g.expect("every request finished")).collect())
+    }
+}
+
+/// A prompt and the continuations to score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRequest {
+    /// Caller's id.
+    #[serde(default)]
+    pub id: String,
+    /// The context.
+    pub prompt: String,
+    /// Continuations, e.g. [" A", " B"].
+    pub candidates: Vec<String>,
+}
+
+/// Log-probabilities of each candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    /// Caller's id.
+    pub id: String,
+    /// Sum of the candidate tokens' log-probabilities, per candidate (natural log).
+    pub logprobs: Vec<f64>,
+    /// Tokens per candidate.
+    pub tokens: Vec<usize>,
+}
+
+impl Engine {
+    /// Score candidates after prompts, `max_batch` prompts per forward pass. Single-token
+    /// candidates of one prompt share one pass; longer candidates get a pass each.
+    pub fn score(&self, reqs: &[ScoreRequest], opts: BatchOptions) -> Result<Vec<Scored>, ModelError> {
+        struct Job {
+            req: usize,
+            cand: Option<usize>,
+            tokens: Vec<u32>,
+            want: Vec<usize>,
+            targets: Vec<Vec<u32>>,
+        }
+        let mut jobs = Vec::new();
+        let mut out: Vec<Scored> = Vec::with_capacity(reqs.len());
+        for (i, r) in reqs.iter().enumerate() {
+            if r.candidates.is_empty() {
+                return Err(ModelError::Request(format!("score request \"{}\" has no candidates", r.id)));
+            }
+            let prompt = self.prompt_ids(&r.prompt)?;
+            if prompt.is_empty() {
+                return Err(ModelError::Request(format!("score request \"{}\" has an empty prompt and the model has no BOS", r.id)));
+            }
+            let cands: Vec<Vec<u32>> = r.candidates.iter().map(|c| self.tokenizer.encode(c)).collect::<Result<_, _>>()?;
+            if let Some(k) = cands.iter().position(|c| c.is_empty()) {
+                return Err(ModelError::Request(format!("score request \"{}\": candidate {k} ({:?}) has no tokens", r.id, r.candidates[k])));
+            }
+            out.push(Scored { id: r.id.clone(), logprobs: vec![0.0; cands.len()], tokens: cands.iter().map(Vec::len).collect() });
+            if cands.iter().all(|c| c.len() == 1) {
+                let n = prompt.len();
+                jobs.push(Job { req: i, cand: None, tokens: prompt, want: vec![n - 1], targets: cands });
+            } else {
+                for (k, c) in cands.into_iter().enumerate() {
+                    let mut tokens = prompt.clone();
+                    tokens.extend_from_slice(&c[..c.len() - 1]);
+                    let want = (prompt.len() - 1..tokens.len()).collect();
+                    jobs.push(Job { req: i, cand: Some(k), tokens, want, targets: vec![c] });
+                }
+            }
+        }
+        for chunk in jobs.chunks(opts.max_batch.max(1)) {
+            let mut caches: Vec<SeqCache> = chunk.iter().map(|_| self.model.new_cache()).collect();
+            let logits = {
+                let mut steps: Vec<Step<'_>> = caches
+                    .iter_mut()
+                    .zip(chunk)
+                    .map(|(c, j)| Step { cache: c, tokens: &j.tokens, want: Want::Rows(j.want.clone()) })
+                    .collect();
+                self.model.forward(&mut steps)?
+            };
+            for (job, rows) in chunk.iter().zip(logits) {
+                match job.cand {
+                    None => {
+                        let lp = log_softmax(&rows[0]);
+                        for (k, t) in job.targets.iter().enumerate() {
+                            out[job.req].logprobs[k] = lp[t[0] as usize];
+                        }
+                    }
+                    Some(k) => {
+                        let target = &job.targets[0];
+                        out[job.req].logprobs[k] =
+                            rows.iter().zip(target).map(|(row, &t)| log_softmax(row)[t as usize]).sum();
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The k most likely next tokens after a prompt, with log-probabilities.
+    pub fn top_logprobs(&self, prompt: &str, k: usize) -> Result<Vec<(u32, f64)>, ModelError> {
+        let ids = self.prompt_ids(prompt)?;
+        let mut cache = self.model.new_cache();
+        let rows = self.model.forward(&mut [Step { cache: &mut cache, tokens: &ids, want: Want::Last }])?;
+        let lp = log_softmax(&rows[0][0]);
+        let mut idx: Vec<usize> = (0..lp.len()).collect();
+        idx.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]).then(a.cmp(&b)));
+        Ok(idx.into_iter().take(k).map(|i| (i as u32, lp[i])).collect())
+    }
+}
