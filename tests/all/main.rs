@@ -12,3 +12,4 @@ mod model;
 mod tiny;
 mod pilot;
 mod real_model;
+mod fetch;

@@ -76,6 +76,22 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
+fn every_weight_type_gives_batch_independent_rows() {
+    // The k-quants (block 256) too: hidden 256, Q4_K / Q6_K weights.
+    for dtype in [candle_core::quantized::GgmlDType::Q4K, candle_core::quantized::GgmlDType::Q6K, candle_core::quantized::GgmlDType::Q5_0] {
+        let t = Tiny { hidden: 256, ffn: 256, heads: 2, kv_heads: 1, head_dim: 128, dtype, ..Tiny::gemma3() };
+        let (_d, e) = load(&t);
+        let reqs = greedy(6);
+        let s = SamplingParams::default();
+        let alone: Vec<Generated> = reqs.iter().map(|r| run(&e, std::slice::from_ref(r), &s, 1).remove(0)).collect();
+        assert_eq!(run(&e, &reqs, &s, 4), alone, "{dtype:?}");
+        let ids = e.prompt_ids(PROMPTS[3]).unwrap();
+        let (full, stepwise) = last_logits_two_ways(&e, &ids);
+        assert_eq!(full, stepwise, "{dtype:?}: one pass vs token by token");
+    }
+}
+
+#[test]
 fn kv_cache_matches_full_pass_past_the_sliding_window() {
     for t in [Tiny::gemma3(), Tiny::llama()] {
         let (_d, e) = load(&t);

@@ -286,7 +286,7 @@ fn pilot_runs_end_to_end_with_provenance() {
     assert_eq!(critic.len() as u64, c["judged"].as_u64().unwrap());
     for r in &critic {
         assert_eq!(r["scores"].as_array().unwrap().len(), 2);
-        assert!(r["scores"][0]["logprob_a"].as_f64().unwrap() < 0.0);
+        assert!(r["scores"][0]["logprob_a"].as_str().unwrap().parse::<f64>().unwrap() < 0.0);
     }
 
     // The QC report names every metric with its threshold, in JSON and Markdown.
@@ -485,6 +485,18 @@ fn replay_with_a_stricter_cleaner_shows_the_delta_without_the_model() {
     let resolved = std::fs::read_to_string(new_run.join("config.resolved.toml")).unwrap();
     assert!(resolved.contains("min_response_chars = 12"), "{resolved}");
 
+    // A replay of the replay with the original config gives the original run's numbers back,
+    // from the same raw pool.
+    let o = kiln().args(["replay", "--quiet", "--json", "--run-id", "back"]).arg(&new_run).arg("--config").arg(&cfg).output().unwrap();
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    let back = f.artifacts().join("back");
+    assert_eq!(json(&back.join("manifest.json"))["source"]["run_id"], "tiny");
+    assert_eq!(json(&back.join("manifest.json"))["source"]["replayed"], new_run.file_name().unwrap().to_str().unwrap());
+    assert_eq!(json(&back.join("qc_report.json"))["metrics"], before["metrics"]);
+    let dropped = |r: &Path| std::fs::read_to_string(r.join("pilot/dropped/shard-00000.jsonl")).unwrap();
+    assert!(dropped(&back) == dropped(&run), "dropped samples differ");
+    assert_eq!(out["delta"]["scores_computed"], 0);
+
     // The text form is the table.
     let o = kiln().args(["replay", "--quiet"]).arg(&run).arg("--config").arg(&strict).output().unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -617,7 +629,7 @@ fn bad_configs_fail_with_one_line_errors() {
     assert!(err.contains("blocker/runs") && err.lines().count() == 1, "{err}");
 }
 
-/// The default base model through the shipped config (10 samples, to keep it minutes).
+/// The default base model through the shipped config (5 samples, to keep it minutes).
 #[test]
 fn real_model_pilot_with_the_shipped_config() {
     if std::env::var("KILN_SKIP_REAL_MODELS").is_ok_and(|v| v == "1") {
@@ -628,7 +640,7 @@ fn real_model_pilot_with_the_shipped_config() {
     let dir = tempfile::tempdir().unwrap();
     let mut c: Command = kiln();
     let o = c
-        .args(["pilot", "--quiet", "--json", "--count", "10", "--run-id", "real", "--config"])
+        .args(["pilot", "--quiet", "--json", "--count", "5", "--run-id", "real", "--config"])
         .arg(root().join("configs/pilot.toml"))
         .arg("--artifacts-dir")
         .arg(dir.path())
@@ -641,6 +653,6 @@ fn real_model_pilot_with_the_shipped_config() {
     let m = json(&run.join("manifest.json"));
     assert_eq!(m["model"]["sha256"], "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818");
     assert_eq!(m["guard"]["verdict"], "base");
-    assert_eq!(m["counts"]["planned"], 10);
-    assert!(m["counts"]["instructions_parsed"].as_u64().unwrap() >= 5, "{}", m["counts"]);
+    assert_eq!(m["counts"]["planned"], 5);
+    assert!(m["counts"]["instructions_parsed"].as_u64().unwrap() >= 3, "{}", m["counts"]);
 }

@@ -1,11 +1,9 @@
 //! The tokenizer: hand-checked tokenizations on tiny vocabularies (no download), and token-id
 //! parity with llama.cpp on the real models over `tests/fixtures/tokenizer/corpus.jsonl`.
 //!
-//! The real-model tests read `$KILN_MODEL_DIR` (else `$KILN_CACHE_DIR/models`, else
-//! `~/.cache/kiln/models`): a directory holding `gemma-3-270m-q4_k_m.gguf` and
-//! `SmolLM2-135M-Instruct.Q4_1.gguf` (`kiln model fetch` and `kiln model fetch --name
-//! smollm2-instruct` put them there). Missing models fail these tests unless
-//! `KILN_SKIP_REAL_MODELS=1`. The expected ids come from llama-cpp-python through
+//! The real-model tests take the models from kiln's model cache (`$KILN_MODEL_DIR`, else
+//! `~/.cache/kiln/models`) and fetch them there on first use; a model that cannot be had fails
+//! them. The expected ids come from llama-cpp-python through
 //! `tests/fixtures/tokenizer/make_expectations.py` (its version is in each file's first line).
 
 use std::collections::HashMap;
@@ -421,31 +419,11 @@ fn cli_tokenizes_and_decodes_json_lines() {
 const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-fn model_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("KILN_MODEL_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    kiln::model::fetch::models_dir(None)
-}
-
-/// The real model `file`, or `None` (after saying so) when it is missing and
-/// `KILN_SKIP_REAL_MODELS=1`; missing otherwise is a failure that says how to get it.
+/// The real model `file` from the model cache, fetched on first use (see
+/// `crate::common::real_model`); a model that cannot be had fails the test.
 fn real_model(file: &str) -> Option<PathBuf> {
-    let dir = model_dir();
-    let path = dir.join(file);
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var("KILN_SKIP_REAL_MODELS").as_deref() == Ok("1") {
-        eprintln!("skipped: {file} is not in {} and KILN_SKIP_REAL_MODELS=1", dir.display());
-        return None;
-    }
-    panic!(
-        "the tokenizer parity tests need {file} in {}: fetch it with `kiln model fetch` (gemma3-270m) and \
-         `kiln model fetch --name smollm2-instruct`, or set KILN_MODEL_DIR to a directory that holds it \
-         (KILN_SKIP_REAL_MODELS=1 skips these tests)",
-        dir.display()
-    )
+    let name = kiln::model::fetch::KNOWN.iter().find(|m| m.file == file).expect("a known model file").name;
+    Some(crate::common::real_model(name))
 }
 
 /// The corpus and llama.cpp's ids for `expected` (after checking its header).

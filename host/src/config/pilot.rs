@@ -263,13 +263,12 @@ pub struct Overrides {
 #[derive(Debug, thiserror::Error)]
 pub enum PilotConfigError {
     /// The file cannot be read.
-    #[error("cannot read config \"{path}\": {source}")]
+    #[error("cannot read config \"{path}\": {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why (part of the message, so not a `source()`).
+        error: std::io::Error,
     },
     /// Not valid TOML, a missing or unknown key, a wrong type.
     #[error("{path}: {message}")]
@@ -307,7 +306,7 @@ pub fn valid_run_id(s: &str) -> bool {
 impl PilotConfig {
     /// Read, parse and validate a pilot config file.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<PilotConfig, PilotConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PilotConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| PilotConfigError::Read { path: path.to_path_buf(), error })?;
         Self::from_str(&text, path, overrides)
     }
 

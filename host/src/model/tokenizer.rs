@@ -16,41 +16,39 @@
 //!      `tokenizer.ggml.add_space_prefix` says so, which is llama.cpp's default); then the whole
 //!      fragment, not word by word, is merged: the adjacent pair whose concatenation is the
 //!      highest-scored vocabulary token merges first, the leftmost on ties, and characters that
-//!      never became a token come out as their `<0xXX>` byte tokens. kiln runs this as a
-//!      `tokenizers` BPE with byte fallback whose merges are every split `a + b` of every token
-//!      (with `a` and `b` in the vocabulary), ranked by the token's score: the same merges in
-//!      the same order.
-//!    - `gpt2` (byte-level BPE, [`TokenizerKind::Bpe`]): the fragment is split by the regexes
-//!      llama.cpp uses for the file's `tokenizer.ggml.pre`, each piece is mapped to GPT-2's
-//!      byte-to-unicode alphabet and merged by `tokenizer.ggml.merges` rank (leftmost on ties).
+//!      never became a token come out as their `<0xXX>` byte tokens. kiln runs llama.cpp's
+//!      algorithm itself (see `SpmModel` for why not a `tokenizers` BPE).
+//!    - `gpt2` (byte-level BPE, [`TokenizerKind::Bpe`]): a `tokenizers` BPE with the file's
+//!      vocabulary and `tokenizer.ggml.merges`, behind `Split` pre-tokenizers with the regexes
+//!      llama.cpp uses for the file's `tokenizer.ggml.pre` and GPT-2's byte-to-unicode mapping;
+//!      pieces merge by rank, the leftmost on ties, as in llama.cpp. A byte whose GPT-2
+//!      character is not in the vocabulary has no token and is dropped, as llama.cpp drops it.
 //!
 //! Decoding concatenates [`Tokenizer::token_bytes`]: byte tokens give their byte, SentencePiece
 //! tokens give their text with `▁` turned back into a space, byte-level tokens give their bytes,
 //! and user-defined, control and unknown tokens give their text as it stands (llama.cpp's
-//! `detokenize(special=False)` would drop control and unknown tokens; kiln keeps them so that
-//! text which happened to merge into one, like a literal `<eos>` in gemma3, still round-trips).
-//! `decode(encode(s)) == s` for every string except one normalisation that llama.cpp makes too:
-//! in a SentencePiece vocabulary a literal `▁` (U+2581) in the input is indistinguishable from a
-//! space, so it decodes as a space (and with `add_space_prefix` on, the added leading space
-//! comes back as well).
+//! `detokenize(special=False)` would drop control and unknown tokens; kiln keeps them because
+//! SentencePiece merging can turn plain text into one: a pair of pieces whose concatenation is a
+//! control token merges like any other, and the text must still round-trip).
+//! `decode(encode(s)) == s` for every string except where llama.cpp's own ids lose information:
+//! in a SentencePiece vocabulary a literal `▁` (U+2581) in the input is the same as a space, so it
+//! decodes as a space (and with `add_space_prefix` on, the added leading space comes back too);
+//! in a byte-level vocabulary, bytes without a token vanish (SmolLM2 has none for 0x04, 0x06,
+//! 0x13, 0x14, 0x16 and 0x1D).
 //!
 //! A `tokenizer.json` ([`TokenizerKind::Json`], for safetensors models) is used as the
 //! `tokenizers` crate reads it, except that special added tokens are not split out of the input
 //! (their text is plain text, as above).
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use tokenizers::decoders::byte_fallback::ByteFallback;
-use tokenizers::decoders::fuse::Fuse;
-use tokenizers::decoders::sequence::Sequence as DecoderSequence;
-use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Vocab, BPE};
-use tokenizers::normalizers::Replace;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
@@ -316,9 +314,8 @@ pub struct Tokenizer {
     kind: TokenizerKind,
     /// The file it came from, for messages.
     file: String,
-    /// The model (and normalizer, pre-tokenizer, decoder) as a `tokenizers` tokenizer. For GGUF
-    /// vocabularies it has no added tokens: kiln splits the user-defined tokens out itself.
-    inner: tokenizers::Tokenizer,
+    /// What turns a text fragment into ids.
+    model: Model,
     /// Token texts by id, as the file spells them.
     tokens: Vec<String>,
     /// Token types by id.
@@ -491,8 +488,8 @@ impl Tokenizer {
     /// The tokenizer described by a GGUF file's metadata; `source` names the file in messages.
     pub fn from_gguf(content: &Content, source: &str) -> Result<Tokenizer, TokenizerError> {
         let meta = Meta { md: &content.metadata, file: source };
-        let model = meta.string("tokenizer.ggml.model")?.ok_or_else(|| meta.missing("tokenizer.ggml.model"))?;
-        let kind = match model {
+        let model_name = meta.string("tokenizer.ggml.model")?.ok_or_else(|| meta.missing("tokenizer.ggml.model"))?;
+        let kind = match model_name {
             "llama" => TokenizerKind::Spm,
             "gpt2" => TokenizerKind::Bpe,
             other => {
@@ -535,30 +532,19 @@ impl Tokenizer {
         let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
 
         let build_err = |e: tokenizers::Error| TokenizerError::Build { file: source.to_string(), message: e.to_string() };
-        let inner = match kind {
+        let model = match kind {
             TokenizerKind::Spm => {
                 let scores = match meta.floats("tokenizer.ggml.scores")? {
                     None => vec![0.0; n],
                     Some(s) if s.len() < n => {
                         return Err(meta.bad("tokenizer.ggml.scores", format!("has {} entries for {n} tokens", s.len())))
                     }
-                    Some(s) => s,
+                    Some(mut s) => {
+                        s.truncate(n);
+                        s
+                    }
                 };
-                let t1 = std::time::Instant::now();
-                let merges = spm_merges(&tokens, &scores, &vocab);
-                eprintln!("TIMING merges {:?} {}", t1.elapsed(), merges.len());
-                let t1 = std::time::Instant::now();
-                let bpe = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).build().map_err(build_err)?;
-                eprintln!("TIMING bpe build {:?}", t1.elapsed());
-                let mut t = tokenizers::Tokenizer::new(bpe);
-                t.with_normalizer(Some(Replace::new(" ", "▁").map_err(build_err)?));
-                let decoders: Vec<DecoderWrapper> = vec![
-                    Replace::new("▁", " ").map_err(build_err)?.into(),
-                    ByteFallback::new().into(),
-                    Fuse::new().into(),
-                ];
-                t.with_decoder(Some(DecoderSequence::new(decoders)));
-                t
+                Model::Spm(Box::new(SpmModel::new(vocab, scores)))
             }
             TokenizerKind::Bpe => {
                 let pre = pre.expect("checked above");
@@ -579,7 +565,7 @@ impl Tokenizer {
                 steps.push(ByteLevel::new(false, false, false).into());
                 t.with_pre_tokenizer(Some(PreSequence::new(steps)));
                 t.with_decoder(Some(ByteLevel::new(false, false, false)));
-                t
+                Model::Hf(Box::new(t))
             }
             TokenizerKind::Json => unreachable!(),
         };
@@ -604,7 +590,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             kind,
             file: source.to_string(),
-            inner,
+            model,
             tokens,
             types,
             splitters,
@@ -619,10 +605,8 @@ impl Tokenizer {
     /// Read a GGUF file's metadata and build its tokenizer.
     pub fn from_gguf_file(path: &Path) -> Result<Tokenizer, TokenizerError> {
         let file = File::open(path).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })?;
-        let t0 = std::time::Instant::now();
         let content = Content::read(&mut BufReader::new(file))
             .map_err(|e| TokenizerError::Gguf { file: path.display().to_string(), message: e.to_string() })?;
-        eprintln!("TIMING read {:?}", t0.elapsed());
         Tokenizer::from_gguf(&content, &path.display().to_string())
     }
 
@@ -691,7 +675,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             kind: TokenizerKind::Json,
             file,
-            inner,
+            model: Model::Hf(Box::new(inner)),
             tokens,
             types,
             splitters: Vec::new(),
@@ -732,11 +716,22 @@ impl Tokenizer {
     }
 
     fn model_encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| TokenizerError::Tokenize { file: self.file.clone(), message: e.to_string() })?;
-        Ok(enc.get_ids().to_vec())
+        match &self.model {
+            Model::Spm(spm) => {
+                let mut out = Vec::with_capacity(text.len() / 3 + 1);
+                spm.encode(&text.replace(' ', "▁"), &mut out).map_err(|b| TokenizerError::Tokenize {
+                    file: self.file.clone(),
+                    message: format!("no token for byte {b:#04x} (no <0x{b:02X}> byte token in the vocabulary)"),
+                })?;
+                Ok(out)
+            }
+            Model::Hf(t) => {
+                let enc = t
+                    .encode(text, false)
+                    .map_err(|e| TokenizerError::Tokenize { file: self.file.clone(), message: e.to_string() })?;
+                Ok(enc.get_ids().to_vec())
+            }
+        }
     }
 
     /// Cut the user-defined tokens out of `text` the way llama.cpp does: for each token, longest
@@ -782,9 +777,8 @@ impl Tokenizer {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.tokens.len()) {
             return Err(TokenizerError::UnknownId { file: self.file.clone(), id, vocab_size: self.tokens.len() });
         }
-        if self.kind == TokenizerKind::Json {
-            return self
-                .inner
+        if let (TokenizerKind::Json, Model::Hf(t)) = (self.kind, &self.model) {
+            return t
                 .decode(ids, false)
                 .map_err(|e| TokenizerError::Tokenize { file: self.file.clone(), message: e.to_string() });
         }
@@ -859,7 +853,10 @@ impl Tokenizer {
 
     /// The id of the token with exactly this text (the last one if several share it).
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
+        match &self.model {
+            Model::Spm(spm) => spm.vocab.get(token).copied(),
+            Model::Hf(t) => t.token_to_id(token),
+        }
     }
 
     /// The text of token `id` as the file spells it (`▁` for spaces in SentencePiece, GPT-2's
@@ -899,31 +896,149 @@ fn splitters(tokens: &[String], types: &[TokenType]) -> Vec<(String, u32)> {
     out
 }
 
-/// SentencePiece as BPE: every split `a + b` of every token with both halves in the
-/// vocabulary, ranked by the token's score (highest first, then by id). llama.cpp merges any
-/// adjacent pair whose concatenation is a token, by that token's score; as long as every piece
-/// it can hold is itself a token (true when every character of every token is a token, as in
-/// gemma3), these merges are exactly those pairs.
-fn spm_merges(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Vec<(String, String)> {
-    let mut candidates: Vec<(u32, u32)> = Vec::with_capacity(tokens.len() * 2);
-    for (i, t) in tokens.iter().enumerate() {
-        if vocab.get(t.as_str()) != Some(&(i as u32)) {
-            continue;
-        }
-        for (k, _) in t.char_indices().skip(1) {
-            if vocab.contains_key(&t[..k]) && vocab.contains_key(&t[k..]) {
-                candidates.push((i as u32, k as u32));
-            }
+/// How a text fragment becomes ids.
+enum Model {
+    /// llama.cpp's SentencePiece merging, kiln's own.
+    Spm(Box<SpmModel>),
+    /// A `tokenizers` tokenizer: byte-level BPE from GGUF (with no added tokens: kiln splits
+    /// the user-defined tokens out itself), or a `tokenizer.json`.
+    Hf(Box<tokenizers::Tokenizer>),
+}
+
+/// llama.cpp's SentencePiece tokenizer (`llm_tokenizer_spm`): start from the characters, and
+/// keep merging the adjacent pair whose concatenation is the highest-scored vocabulary token
+/// (the leftmost on equal scores); a piece that is no token at the end comes out as its bytes.
+///
+/// kiln does this itself rather than through a `tokenizers` BPE: a BPE with byte fallback whose
+/// merges are every split of every token ranked by score gives the same ids on gemma3 (kiln's
+/// parity corpus and thousands of random strings agreed), but needs 515k generated merges and
+/// about a second to build, against about 0.1 s here, and is exact only while every character of
+/// every token is itself a token and no two tokens that can overlap share a score.
+struct SpmModel {
+    /// Token text -> id (the last id of a repeated text, as llama.cpp's map keeps).
+    vocab: Vocab,
+    scores: Vec<f32>,
+    /// The token of each byte: `<0xXX>`, else (for ASCII) the one-character token.
+    bytes: [Option<u32>; 256],
+}
+
+/// A piece of the fragment being merged: `text[start..start + len]`, in a linked list.
+#[derive(Clone, Copy)]
+struct Symbol {
+    start: usize,
+    len: usize,
+    prev: Option<usize>,
+    next: Option<usize>,
+}
+
+/// A candidate merge of symbols `left` and `left`'s next, which together were `size` bytes.
+struct Bigram {
+    score: f32,
+    left: usize,
+    size: usize,
+}
+
+impl PartialEq for Bigram {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Bigram {}
+
+impl PartialOrd for Bigram {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Bigram {
+    /// Higher score first, then the leftmost (scores compared with `<`, as llama.cpp does).
+    fn cmp(&self, other: &Self) -> Ordering {
+        if self.score < other.score {
+            Ordering::Less
+        } else if self.score > other.score {
+            Ordering::Greater
+        } else {
+            other.left.cmp(&self.left)
         }
     }
-    candidates.sort_by(|a, b| scores[b.0 as usize].total_cmp(&scores[a.0 as usize]).then(a.cmp(b)));
-    candidates
-        .into_iter()
-        .map(|(i, k)| {
-            let t = &tokens[i as usize];
-            (t[..k as usize].to_string(), t[k as usize..].to_string())
-        })
-        .collect()
+}
+
+impl SpmModel {
+    fn new(vocab: Vocab, scores: Vec<f32>) -> SpmModel {
+        let mut bytes = [None; 256];
+        for (b, slot) in bytes.iter_mut().enumerate() {
+            *slot = vocab.get(format!("<0x{b:02X}>").as_str()).copied().or_else(|| {
+                let b = b as u8;
+                b.is_ascii().then(|| vocab.get(char::from(b).encode_utf8(&mut [0; 4]) as &str).copied()).flatten()
+            });
+        }
+        SpmModel { vocab, scores, bytes }
+    }
+
+    /// Append the ids of `text` (spaces already escaped as `▁`); `Err(byte)` when a byte has no
+    /// token at all.
+    fn encode(&self, text: &str, out: &mut Vec<u32>) -> Result<(), u8> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
+        for (start, c) in text.char_indices() {
+            let i = symbols.len();
+            symbols.push(Symbol { start, len: c.len_utf8(), prev: i.checked_sub(1), next: Some(i + 1) });
+        }
+        if let Some(last) = symbols.last_mut() {
+            last.next = None;
+        }
+        let mut queue = BinaryHeap::with_capacity(symbols.len());
+        for left in 0..symbols.len().saturating_sub(1) {
+            self.push_bigram(text, &symbols, left, &mut queue);
+        }
+        while let Some(Bigram { left, size, .. }) = queue.pop() {
+            let l = symbols[left];
+            let Some(right) = l.next else { continue };
+            let r = symbols[right];
+            // Skip a bigram one of whose symbols has since been merged into something else.
+            if l.len == 0 || r.len == 0 || l.len + r.len != size {
+                continue;
+            }
+            symbols[left].len += r.len;
+            symbols[left].next = r.next;
+            symbols[right].len = 0;
+            if let Some(next) = r.next {
+                symbols[next].prev = Some(left);
+            }
+            if let Some(prev) = l.prev {
+                self.push_bigram(text, &symbols, prev, &mut queue);
+            }
+            self.push_bigram(text, &symbols, left, &mut queue);
+        }
+        let mut at = Some(0);
+        while let Some(i) = at {
+            let sym = symbols[i];
+            let piece = &text[sym.start..sym.start + sym.len];
+            match self.vocab.get(piece) {
+                Some(&id) => out.push(id),
+                None => {
+                    for b in piece.bytes() {
+                        out.push(self.bytes[b as usize].ok_or(b)?);
+                    }
+                }
+            }
+            at = sym.next;
+        }
+        Ok(())
+    }
+
+    fn push_bigram(&self, text: &str, symbols: &[Symbol], left: usize, queue: &mut BinaryHeap<Bigram>) {
+        let l = symbols[left];
+        let Some(right) = l.next else { return };
+        let size = l.len + symbols[right].len;
+        if let Some(&id) = self.vocab.get(&text[l.start..l.start + size]) {
+            queue.push(Bigram { score: self.scores[id as usize], left, size });
+        }
+    }
 }
 
 /// GGUF merges (`"a b"`, split at the first space after the first byte, as llama.cpp does),
@@ -969,6 +1084,12 @@ mod tests {
         assert_eq!(byte_level_byte('Ġ'), Some(b' '));
         assert_eq!(byte_level_byte('Ċ'), Some(b'\n'));
         assert_eq!(byte_level_byte('€'), None);
+    }
+
+    #[test]
+    fn shareable_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Tokenizer>();
     }
 
     #[test]

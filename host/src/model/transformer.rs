@@ -28,10 +28,39 @@ pub struct LoraAdapter {
     pub scale: f64,
 }
 
+/// True when the quantized kernels of `dtype` give a row computed alone the same bits as the
+/// same row computed in a batch. Some of candle's kernels take another path for a single row
+/// (Q6K on x86); checked once per type with a probe.
+fn single_row_consistent(dtype: candle_core::quantized::GgmlDType) -> bool {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static SEEN: Mutex<Option<HashMap<String, bool>>> = Mutex::new(None);
+    let key = format!("{dtype:?}");
+    if let Some(v) = SEEN.lock().unwrap().get_or_insert_with(HashMap::new).get(&key) {
+        return *v;
+    }
+    let probe = || -> Result<bool, candle_core::Error> {
+        let k = 1024;
+        let w: Vec<f32> = (0..64 * k).map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0).collect();
+        let x: Vec<f32> = (0..3 * k).map(|i| (i * 104729 % 997) as f32 / 498.0 - 1.0).collect();
+        let w = QTensor::quantize(&Tensor::from_vec(w, (64, k), &Device::Cpu)?, dtype)?;
+        let mm = QMatMul::from_qtensor(w)?;
+        let x = Tensor::from_vec(x, (3, k), &Device::Cpu)?;
+        let batch = mm.forward(&x)?.narrow(0, 1, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        let alone = mm.forward(&x.narrow(0, 1, 1)?)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(batch == alone)
+    };
+    let ok = probe().unwrap_or(false);
+    SEEN.lock().unwrap().get_or_insert_with(HashMap::new).insert(key, ok);
+    ok
+}
+
 /// A frozen quantized projection with an optional LoRA adapter (the hook training attaches to).
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: QMatMul,
+    /// Run single rows as a batch of two (see [`single_row_consistent`]).
+    pad_single: bool,
     /// Input features.
     pub in_features: usize,
     /// Output features.
@@ -43,12 +72,18 @@ pub struct Linear {
 impl Linear {
     fn new(q: QTensor) -> Result<Linear, candle_core::Error> {
         let (out_features, in_features) = q.shape().dims2()?;
-        Ok(Linear { weight: QMatMul::from_arc(Arc::new(q))?, in_features, out_features, adapter: None })
+        let pad_single = !single_row_consistent(q.dtype());
+        Ok(Linear { weight: QMatMul::from_arc(Arc::new(q))?, pad_single, in_features, out_features, adapter: None })
     }
 
-    /// `x W^T` (+ the adapter's contribution), x: (rows, in).
+    /// `x W^T` (+ the adapter's contribution), x: (rows, in). A row's result does not depend
+    /// on the other rows.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, candle_core::Error> {
-        let y = self.weight.forward(x)?;
+        let y = if self.pad_single && x.dim(0)? == 1 {
+            self.weight.forward(&Tensor::cat(&[x, x], 0)?)?.narrow(0, 0, 1)?
+        } else {
+            self.weight.forward(x)?
+        };
         match &self.adapter {
             None => Ok(y),
             Some(ad) => y + (x.matmul(&ad.a.t()?)?.matmul(&ad.b.t()?)? * ad.scale)?,

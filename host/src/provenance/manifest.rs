@@ -190,19 +190,21 @@ pub struct Gate {
     pub reasons: Vec<String>,
 }
 
-/// The run a replay read its raw pool from.
+/// Where a replay's samples came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
-    /// The source run's id.
+    /// The run replayed (a pilot, or another replay).
+    pub replayed: String,
+    /// The replayed run's config hash.
+    pub config_hash: String,
+    /// The pilot run that holds the raw pool.
     pub run_id: String,
     /// Its directory.
     pub run_dir: PathBuf,
-    /// The raw pool file used (inside the source run).
+    /// The raw pool file used (inside that run).
     pub raw_pool: String,
     /// The raw pool's sha256.
     pub raw_pool_sha256: String,
-    /// The source run's config hash.
-    pub config_hash: String,
 }
 
 /// A run's manifest: written last, so its presence marks a complete run.

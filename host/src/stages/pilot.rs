@@ -250,14 +250,15 @@ pub fn load_model(cfg: &PilotConfig, timings: &mut Timings) -> Result<(Engine, g
     }
     let report = timings.time("guard", || guard::check(&engine, cfg.guard_threshold))?;
     if report.flagged_by_behaviour {
-        return Err(StageError::Guard {
+        return Err(super::error::GuardFailed {
             path,
             sha256: engine.info.sha256.clone(),
             preference: report.assistant_preference,
             threshold: report.threshold,
             wins: report.assistant_wins,
             sentinels: report.sentinels.len(),
-        });
+        }
+        .into());
     }
     Ok((engine, report))
 }

@@ -75,9 +75,9 @@ pub fn load_plugins(
     for (k, (role, world, e)) in entries.iter().enumerate() {
         let plugin = rt
             .load(&e.spec)
-            .map_err(|source| StageError::PluginLoad { file: file.to_string(), field: e.field.clone(), source })?;
+            .map_err(|source| StageError::PluginLoad { file: file.to_string(), field: e.field.clone(), error: Box::new(source) })?;
         if plugin.world != *world {
-            return Err(StageError::WrongWorld {
+            return Err(super::error::WrongWorld {
                 file: file.to_string(),
                 field: e.field.clone(),
                 path: e.spec.path.clone(),
@@ -85,7 +85,8 @@ pub fn load_plugins(
                 name: plugin.name.clone(),
                 found: plugin.world.to_string(),
                 expected: world.to_string(),
-            });
+            }
+            .into());
         }
         let n = names.entry(plugin.name.clone()).or_insert(0);
         *n += 1;

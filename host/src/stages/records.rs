@@ -150,10 +150,38 @@ pub struct ScoredRequest {
     pub answer_a: String,
     /// Second answer.
     pub answer_b: String,
-    /// log-prob of answer A after the prompt.
+    /// log-prob of answer A after the prompt (written as a string: exact when read back).
+    #[serde(with = "exact_f64")]
     pub logprob_a: f64,
     /// log-prob of answer B.
+    #[serde(with = "exact_f64")]
     pub logprob_b: f64,
+}
+
+/// An f64 written as its shortest exact decimal string and read back bit for bit (serde_json
+/// reads numbers to within an ulp or so, and a replay's stored scores must equal the computed
+/// ones exactly). Plain JSON numbers are accepted too.
+pub mod exact_f64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Write.
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    /// Read.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Text(String),
+            Number(f64),
+        }
+        match Either::deserialize(d)? {
+            Either::Number(n) => Ok(n),
+            Either::Text(t) => t.parse().map_err(|e| serde::de::Error::custom(format!("not a number: {t:?}: {e}"))),
+        }
+    }
 }
 
 /// One critic's work on one sample.
@@ -180,6 +208,25 @@ pub struct Accepted {
     pub sample: Sample,
     /// Where it came from.
     pub provenance: SampleProvenance,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scores_round_trip_exactly() {
+        let r = super::ScoredRequest {
+            aspect: "response".into(),
+            prompt: "p".into(),
+            answer_a: " A".into(),
+            answer_b: " B".into(),
+            logprob_a: -5.123_456_789_012_345_6,
+            logprob_b: -0.675_683_498_382_568_4,
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        let back: super::ScoredRequest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.logprob_a.to_bits(), r.logprob_a.to_bits());
+        assert_eq!(back.logprob_b.to_bits(), r.logprob_b.to_bits());
+    }
 }
 
 /// JSON lines of `items`.

@@ -136,9 +136,25 @@ pub fn replay(source: &Path, cfg: &PilotConfig, opts: &ReplayOptions) -> Result<
     src.verify_files(&source)?;
     let src_qc: QcReportFile = serde_json::from_slice(&crate::sandbox::read_file(&source.join(files::QC_JSON))?)
         .map_err(|e| StageError::Corrupt { dir: source.clone(), what: format!("{}: {e}", files::QC_JSON) })?;
+    // The run that holds the raw pool: RUN itself, or for a replay of a replay, its source.
+    let (raw_run, raw_dir, raw_sha) = match &src.source {
+        Some(s) => (s.run_id.clone(), s.run_dir.clone(), s.raw_pool_sha256.clone()),
+        None => (src.run_id.clone(), source.clone(), src.files.get(files::RAW).cloned().unwrap_or_default()),
+    };
     let t = Instant::now();
-    let raw = read_raw(&source)?;
-    let src_critic: Vec<CriticRecord> = crate::sandbox::read_jsonl(&source.join(files::CRITIC))?;
+    let raw_bytes = crate::sandbox::read_file(&raw_dir.join(files::RAW))?;
+    if sha256_hex(&raw_bytes) != raw_sha {
+        return Err(StageError::Corrupt {
+            dir: raw_dir.clone(),
+            what: format!("{} has sha256 {} but the manifests say {raw_sha}; the raw pool was modified", files::RAW, sha256_hex(&raw_bytes)),
+        });
+    }
+    let raw = read_raw(&raw_dir)?;
+    // Stored scores: RUN's, and for a replay of a replay also those of the run with the raw pool.
+    let mut src_critic: Vec<CriticRecord> = crate::sandbox::read_jsonl(&source.join(files::CRITIC))?;
+    if raw_dir != source && raw_dir.join(files::CRITIC).is_file() {
+        src_critic.extend(crate::sandbox::read_jsonl::<CriticRecord>(&raw_dir.join(files::CRITIC))?);
+    }
     timings.add("io", t.elapsed());
     let src_template = src
         .plugins
@@ -213,8 +229,8 @@ pub fn replay(source: &Path, cfg: &PilotConfig, opts: &ReplayOptions) -> Result<
     resolved.insert("run_id".into(), toml::Value::String(run_id.clone()));
     let resolved_text = format!(
         "# Written by kiln: a replay of \"{}\" (raw pool {}), with this run's cleaners, critics and QC rules.\n{}",
-        src.run_id,
-        source.join(files::RAW).display(),
+        raw_run,
+        raw_dir.join(files::RAW).display(),
         toml::to_string(&resolved).expect("serialises")
     );
     let (run, state) = open_run(&run_dir, &run_id, "replay", &resolved_text, &mut timings)?;
@@ -287,10 +303,11 @@ pub fn replay(source: &Path, cfg: &PilotConfig, opts: &ReplayOptions) -> Result<
         counts: BTreeMap::new(),
         files: BTreeMap::new(),
         source: Some(Source {
-            run_id: src.run_id.clone(),
-            run_dir: source.clone(),
+            replayed: src.run_id.clone(),
+            run_id: raw_run.clone(),
+            run_dir: raw_dir.clone(),
             raw_pool: files::RAW.to_string(),
-            raw_pool_sha256: src.files.get(files::RAW).cloned().unwrap_or_default(),
+            raw_pool_sha256: raw_sha.clone(),
             config_hash: src.config_hash.clone(),
         }),
     };
