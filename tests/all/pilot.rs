@@ -191,7 +191,17 @@ fn assert_same_outputs(a: &Path, b: &Path, what: &str) {
     let (x, y) = (outputs(a), outputs(b));
     assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{what}: different files");
     for (k, v) in &x {
-        assert!(v == &y[k], "{what}: {k} differs:\n--- uninterrupted\n{}\n--- interrupted\n{}", String::from_utf8_lossy(v), String::from_utf8_lossy(&y[k]));
+        if v != &y[k] {
+            let (a, b) = (String::from_utf8_lossy(v), String::from_utf8_lossy(&y[k]));
+            let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+            let first = (0..la.len().max(lb.len())).find(|&i| la.get(i) != lb.get(i)).unwrap_or(0);
+            panic!(
+                "{what}: {k} differs, first at line {}:\n--- uninterrupted\n{}\n--- interrupted\n{}",
+                first + 1,
+                la.get(first).unwrap_or(&"(none)"),
+                lb.get(first).unwrap_or(&"(none)")
+            );
+        }
     }
 }
 
