@@ -135,8 +135,10 @@ pub fn flatten_toml(t: &toml::Table) -> BTreeMap<String, String> {
                     out.insert(prefix.to_string(), "[]".into());
                 }
             }
-            toml::Value::String(s) => {
-                out.insert(prefix.to_string(), serde_json::to_string(s).expect("a string serialises"));
+            // Strings and lists of plain values as JSON: one line, escapes visible.
+            toml::Value::String(_) | toml::Value::Array(_) => {
+                let json = serde_json::to_value(v).map(|j| j.to_string()).unwrap_or_else(|_| v.to_string());
+                out.insert(prefix.to_string(), json);
             }
             other => {
                 out.insert(prefix.to_string(), other.to_string());
