@@ -123,7 +123,7 @@ fn main() {
     for path in models {
         let e = Engine::load(&path, &LoadOptions { allow_chat_template: true }).unwrap();
         // Warm up.
-        let _ = e.generate(&[GenRequest { id: String::new(), prompt: "Hello".into(), stop: vec![], max_tokens: 4, seed: 0 }], &SamplingParams::default(), BatchOptions::default(), &mut |_, _| {});
+        let _ = e.generate(&[GenRequest { id: String::new(), prompt: "Hello".into(), stop: vec![], max_tokens: 4, seed: 0, stop_after_text: false }], &SamplingParams::default(), BatchOptions::default(), &mut |_, _| {});
         let k = measure(&e);
         let peer = Command::new(&peer_py)
             .arg(root().join("benches/peer_llama_cpp.py"))

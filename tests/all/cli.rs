@@ -164,7 +164,8 @@ fn run_critic_and_qc_and_template_from_the_command_line() {
     let out = kiln().args(["plugin", "run", "--world", "critic"]).arg(reference("critic-ab")).arg("--input").arg(&samples_path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reqs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(reqs.len(), 24);
+    // 12 samples x 2 aspects x 2 letter orders.
+    assert_eq!(reqs.len(), 48);
     let dir = tempfile::tempdir().unwrap();
     let scores = dir.path().join("scores.jsonl");
     let text: String = reqs

@@ -11,5 +11,6 @@ mod tokenizer;
 mod model;
 mod tiny;
 mod pilot;
+mod eval;
 mod real_model;
 mod fetch;

@@ -24,7 +24,7 @@ fn load(t: &Tiny) -> (tempfile::TempDir, Engine) {
 const PROMPTS: [&str; 4] = ["the cat", "a bird sang in the tree and the sea", "instruction: write", "the dog ate the bone. the sky is"];
 
 fn greedy(n: u32) -> Vec<GenRequest> {
-    PROMPTS.iter().enumerate().map(|(i, p)| GenRequest { id: format!("g{i}"), prompt: p.to_string(), stop: vec![], max_tokens: n, seed: i as u64 }).collect()
+    PROMPTS.iter().enumerate().map(|(i, p)| GenRequest { id: format!("g{i}"), prompt: p.to_string(), stop: vec![], max_tokens: n, seed: i as u64, stop_after_text: false }).collect()
 }
 
 fn run(e: &Engine, reqs: &[GenRequest], s: &SamplingParams, batch: usize) -> Vec<Generated> {
@@ -177,7 +177,7 @@ fn scores_agree_with_generation() {
     assert!(top.windows(2).all(|w| w[0].1 >= w[1].1));
     let total: f64 = top.iter().map(|(_, lp)| lp.exp()).sum();
     assert!(total <= 1.0 + 1e-9);
-    let g = run(&e, &[GenRequest { id: "x".into(), prompt: prompt.into(), stop: vec![], max_tokens: 3, seed: 0 }], &SamplingParams::default(), 1).remove(0);
+    let g = run(&e, &[GenRequest { id: "x".into(), prompt: prompt.into(), stop: vec![], max_tokens: 3, seed: 0, stop_after_text: false }], &SamplingParams::default(), 1).remove(0);
     assert_eq!(g.tokens[0], top[0].0);
     // A single-token candidate's score is its log-prob after the prompt.
     let one = e.tokenizer.id_to_token(top[1].0).unwrap();

@@ -112,8 +112,8 @@ max_repetition = 1.0
 path = {critic}
 
 [plugins.critics.config]
-instruction_prompt = "Task: {{instruction}}\nGood? Answer:"
-response_prompt = "Task: {{instruction}}\nResponse: {{response}}\nGood? Answer:"
+instruction_prompt = "Task: {{instruction}}\nGood: {{good}}, bad: {{bad}}. Answer:"
+response_prompt = "Task: {{instruction}}\nResponse: {{response}}\nGood: {{good}}, bad: {{bad}}. Answer:"
 
 [[plugins.qc_rules]]
 path = {qc}
@@ -513,7 +513,7 @@ fn replay_with_a_stricter_cleaner_shows_the_delta_without_the_model() {
     assert!(stdout.contains("metric") && stdout.contains("before") && stdout.contains("delta") && stdout.contains("kept by before only"), "{stdout}");
 
     // A changed critic prompt needs the model: without it, a clear error.
-    let other_critic = f.config("critic.toml", "", "").with_replaced("Good? Answer:", "Is it good? Answer:");
+    let other_critic = f.config("critic.toml", "", "").with_replaced("bad: {bad}. Answer:", "bad: {bad}. Is it good? Answer:");
     let o = kiln().args(["replay", "--quiet"]).arg(&run).arg("--config").arg(&other_critic).output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("tiny-llama.gguf"), "{}", text(&o));

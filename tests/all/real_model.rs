@@ -40,7 +40,7 @@ fn parity(name: &str) {
     let reqs: Vec<GenRequest> = rows
         .iter()
         .enumerate()
-        .map(|(i, r)| GenRequest { id: i.to_string(), prompt: r.prompt.clone(), stop: vec![], max_tokens: r.greedy.len() as u32, seed: 0 })
+        .map(|(i, r)| GenRequest { id: i.to_string(), prompt: r.prompt.clone(), stop: vec![], max_tokens: r.greedy.len() as u32, seed: 0, stop_after_text: false })
         .collect();
     let gens = e.generate(&reqs, &SamplingParams::default(), BatchOptions { max_batch: 10 }, &mut |_, _| {}).unwrap();
     let mut diffs = Vec::new();

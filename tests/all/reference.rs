@@ -160,9 +160,11 @@ fn critic_requests_then_decides_from_host_scores() {
     let mut w = p.worker(0);
     let batch = samples(3);
     let reqs = w.score_requests(&batch).unwrap();
-    assert_eq!(reqs.len(), 6);
+    // Two aspects, each in both letter orders.
+    assert_eq!(reqs.len(), 12);
     assert_eq!((reqs[0].answer_a.as_str(), reqs[0].answer_b.as_str()), (" A", " B"));
-    assert!(reqs[1].prompt.contains(&batch[0].response));
+    assert_eq!((reqs[1].aspect.as_str(), reqs[1].answer_a.as_str(), reqs[1].answer_b.as_str()), ("instruction/swapped", " B", " A"));
+    assert!(reqs[3].prompt.contains(&batch[0].response));
     let margins = [1.0, 0.2, -3.0];
     let scores: Vec<Score> = reqs
         .iter()

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod compare;
+pub mod eval;
 pub mod model;
 pub mod pilot;
 pub mod plugin;
@@ -29,6 +30,8 @@ pub enum Command {
     Replay(replay::ReplayCommand),
     /// Show the QC metrics of several runs side by side.
     Compare(compare::CompareCommand),
+    /// Paired evaluation of two arms (base and tuned) on a test set, judged by a critic.
+    Eval(eval::EvalCommand),
     /// Work with models: fetch, inspect, tokenize, generate, score.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -47,6 +50,7 @@ impl Cli {
             Command::Pilot(c) => c.execute(),
             Command::Replay(c) => c.execute(),
             Command::Compare(c) => c.execute(),
+            Command::Eval(c) => c.execute(),
             Command::Model(c) => c.execute(),
             Command::Plugin(c) => c.execute(),
             Command::Stats(c) => c.execute(),

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::plugin::{Limits, PluginSpec};
 
+pub mod eval;
 pub mod pilot;
 
 /// A plugin as named in a config file.

@@ -101,6 +101,8 @@ pub struct SamplingOverride {
     pub top_k: Option<usize>,
     /// Upper bound on a prompt's token budget (the template sets each prompt's own).
     pub max_tokens: Option<u32>,
+    /// Stop sequences count only after the completion's first non-whitespace text.
+    pub stop_after_text: Option<bool>,
 }
 
 /// `[sampling]`: defaults for both phases, with `[sampling.instruction]` and
@@ -116,6 +118,9 @@ pub struct SamplingSection {
     pub top_k: Option<usize>,
     /// Upper bound on a prompt's token budget.
     pub max_tokens: Option<u32>,
+    /// Stop sequences count only after the completion's first non-whitespace text (default
+    /// false: a stop sequence ends the completion wherever it appears).
+    pub stop_after_text: Option<bool>,
     /// Instruction generation.
     pub instruction: Option<SamplingOverride>,
     /// Response generation.
@@ -148,6 +153,9 @@ pub struct PhaseSampling {
     /// Upper bound on the token budget.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// Stop sequences count only after the completion's first non-whitespace text.
+    #[serde(default)]
+    pub stop_after_text: bool,
 }
 
 impl PhaseSampling {
@@ -164,6 +172,70 @@ pub enum ModelChoice {
     Known(&'static str),
     /// A file.
     Path(PathBuf),
+}
+
+/// A validated `[model]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// Which model.
+    pub choice: ModelChoice,
+    /// sha256 pin of the model file (lowercase hex).
+    pub sha256: Option<String>,
+    /// Allow a chat template in the model file.
+    pub allow_chat_template: bool,
+    /// Contamination-guard threshold.
+    pub guard_threshold: f64,
+}
+
+impl ModelSection {
+    /// Validate a model section named `field` in the file of `cx`; `override_` is a `--model`
+    /// from the command line (a file, or a known name), which also drops the file's pin.
+    /// With `replay`, a model file that is not there is not an error.
+    pub(crate) fn validate(&self, cx: &Ctx, cli: &Ctx, field: &str, override_: Option<&str>, replay: bool) -> Result<ModelSpec, ConfigError> {
+        let model_override = override_.map(|m| {
+            if crate::model::fetch::known(m).is_ok() && !Path::new(m).exists() {
+                (Some(m.to_string()), None)
+            } else {
+                (None, Some(PathBuf::from(m)))
+            }
+        });
+        let (name, mpath, mcx) = match model_override {
+            Some((n, p)) => (n, p, cli),
+            None => (self.name.clone(), self.path.clone(), cx),
+        };
+        let choice = match (name, mpath) {
+            (Some(n), None) => match crate::model::fetch::known(&n) {
+                Ok(k) => ModelChoice::Known(k.name),
+                Err(e) => return Err(mcx.err(&format!("{field}.name"), format!("\"{n}\""), e.to_string())),
+            },
+            (None, Some(p)) => {
+                let full = mcx.path(&p);
+                if !full.is_file() && !replay {
+                    return Err(mcx.err(&format!("{field}.path"), quoted(&p), format!("no such file ({})", full.display())));
+                }
+                ModelChoice::Path(full)
+            }
+            (Some(n), Some(p)) => {
+                return Err(cx.err(field, format!("name = \"{n}\", path = {}", quoted(&p)), "give either name or path, not both"))
+            }
+            (None, None) => return Err(cx.err(field, "(nothing)", "give name (e.g. \"gemma3-270m\") or path (a GGUF file)")),
+        };
+        if let Some(h) = &self.sha256 {
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(cx.err(&format!("{field}.sha256"), format!("\"{h}\""), "must be 64 hex digits"));
+            }
+        }
+        let guard_threshold = self.guard_threshold.unwrap_or(crate::model::guard::DEFAULT_THRESHOLD);
+        if !guard_threshold.is_finite() {
+            return Err(cx.err(&format!("{field}.guard_threshold"), guard_threshold, "must be a finite number"));
+        }
+        Ok(ModelSpec {
+            choice,
+            sha256: if override_.is_some() { None } else { self.sha256.as_ref().map(|h| h.to_ascii_lowercase()) },
+            allow_chat_template: self.allow_chat_template,
+            guard_threshold,
+        })
+    }
 }
 
 /// One instruction type with its seeds and weight.
@@ -283,7 +355,7 @@ pub enum PilotConfigError {
     Invalid(#[from] ConfigError),
 }
 
-fn one_line(e: &toml::de::Error, text: &str) -> String {
+pub(crate) fn one_line(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().to_string();
     match e.span() {
         Some(span) => {
@@ -318,23 +390,40 @@ impl PilotConfig {
     }
 }
 
-struct Ctx<'a> {
-    file: String,
+pub(crate) struct Ctx<'a> {
+    pub(crate) file: String,
     base: &'a Path,
 }
 
-impl Ctx<'_> {
-    fn err(&self, field: &str, value: impl std::fmt::Display, why: impl Into<String>) -> ConfigError {
+impl<'a> Ctx<'a> {
+    /// A context for errors about the file at `file`, resolving paths against `base`.
+    pub(crate) fn new(file: String, base: &'a Path) -> Self {
+        Ctx { file, base }
+    }
+
+    pub(crate) fn err(&self, field: &str, value: impl std::fmt::Display, why: impl Into<String>) -> ConfigError {
         ConfigError { file: self.file.clone(), field: field.to_string(), value: value.to_string(), why: why.into() }
     }
 
-    fn path(&self, p: &Path) -> PathBuf {
+    /// A plugin named at `field`: its spec, with the path (which must exist) and the data
+    /// folder made absolute.
+    pub(crate) fn plugin_entry(&self, field: String, p: &PluginConfig) -> Result<PluginEntry, ConfigError> {
+        let mut spec = p.to_spec(&self.file, &field, self.base)?;
+        if !spec.path.is_file() {
+            return Err(self.err(&format!("{field}.path"), quoted(&p.path), format!("no such file ({})", spec.path.display())));
+        }
+        spec.path = absolute(&spec.path);
+        spec.data_dir = spec.data_dir.map(|d| absolute(&d));
+        Ok(PluginEntry { field, file: p.clone(), spec })
+    }
+
+    pub(crate) fn path(&self, p: &Path) -> PathBuf {
         absolute(&self.base.join(p))
     }
 }
 
 /// An absolute form of a path without touching the filesystem beyond the current directory.
-fn absolute(p: &Path) -> PathBuf {
+pub(crate) fn absolute(p: &Path) -> PathBuf {
     let p = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
     let mut out = PathBuf::new();
     for c in p.components() {
@@ -349,7 +438,7 @@ fn absolute(p: &Path) -> PathBuf {
     out
 }
 
-fn quoted(p: &Path) -> String {
+pub(crate) fn quoted(p: &Path) -> String {
     format!("\"{}\"", p.display())
 }
 
@@ -427,43 +516,8 @@ impl PilotFile {
         let examples_per_prompt = positive("examples_per_prompt", self.examples_per_prompt, DEFAULT_EXAMPLES_PER_PROMPT)?;
 
         // Model.
-        let model_override = ov.model.as_ref().map(|m| {
-            if crate::model::fetch::known(m).is_ok() && !Path::new(m).exists() {
-                (Some(m.clone()), None)
-            } else {
-                (None, Some(PathBuf::from(m)))
-            }
-        });
-        let (name, mpath, mcx) = match model_override {
-            Some((n, p)) => (n, p, &cli),
-            None => (self.model.name.clone(), self.model.path.clone(), &cx),
-        };
-        let model = match (name, mpath) {
-            (Some(n), None) => match crate::model::fetch::known(&n) {
-                Ok(k) => ModelChoice::Known(k.name),
-                Err(e) => return Err(mcx.err("model.name", format!("\"{n}\""), e.to_string())),
-            },
-            (None, Some(p)) => {
-                let full = mcx.path(&p);
-                if !full.is_file() && !ov.replay {
-                    return Err(mcx.err("model.path", quoted(&p), format!("no such file ({})", full.display())));
-                }
-                ModelChoice::Path(full)
-            }
-            (Some(n), Some(p)) => {
-                return Err(cx.err("model", format!("name = \"{n}\", path = {}", quoted(&p)), "give either name or path, not both"))
-            }
-            (None, None) => return Err(cx.err("model", "(nothing)", "give name (e.g. \"gemma3-270m\") or path (a GGUF file)")),
-        };
-        if let Some(h) = &self.model.sha256 {
-            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(cx.err("model.sha256", format!("\"{h}\""), "must be 64 hex digits"));
-            }
-        }
-        let guard_threshold = self.model.guard_threshold.unwrap_or(crate::model::guard::DEFAULT_THRESHOLD);
-        if !guard_threshold.is_finite() {
-            return Err(cx.err("model.guard_threshold", guard_threshold, "must be a finite number"));
-        }
+        let ModelSpec { choice: model, sha256: model_sha256, allow_chat_template, guard_threshold } =
+            self.model.validate(&cx, &cli, "model", ov.model.as_deref(), ov.replay)?;
 
         // Sampling.
         let s = &self.sampling;
@@ -496,7 +550,8 @@ impl PilotFile {
             if max_tokens == Some(0) {
                 return Err(cx.err(&field("max_tokens"), 0, "must be at least 1"));
             }
-            Ok(PhaseSampling { params, max_tokens })
+            let stop_after_text = o.stop_after_text.or(s.stop_after_text).unwrap_or(false);
+            Ok(PhaseSampling { params, max_tokens, stop_after_text })
         };
         let instruction_sampling = phase("instruction", &s.instruction)?;
         let response_sampling = phase("response", &s.response)?;
@@ -568,16 +623,7 @@ impl PilotFile {
         }
 
         // Plugins.
-        let entry = |field: String, p: &PluginConfig| -> Result<PluginEntry, ConfigError> {
-            let spec = p.to_spec(&cx.file, &field, &base_dir)?;
-            if !spec.path.is_file() {
-                return Err(cx.err(&format!("{field}.path"), quoted(&p.path), format!("no such file ({})", spec.path.display())));
-            }
-            let mut spec = spec;
-            spec.path = absolute(&spec.path);
-            spec.data_dir = spec.data_dir.map(|d| absolute(&d));
-            Ok(PluginEntry { field, file: p.clone(), spec })
-        };
+        let entry = |field: String, p: &PluginConfig| cx.plugin_entry(field, p);
         let template = entry("plugins.template".into(), &self.plugins.template)?;
         let list = |name: &str, v: &[PluginConfig]| -> Result<Vec<PluginEntry>, ConfigError> {
             v.iter().enumerate().map(|(i, p)| entry(format!("plugins.{name}[{i}]"), p)).collect()
@@ -600,8 +646,8 @@ impl PilotFile {
             seeds_file,
             types_file,
             model,
-            model_sha256: if ov.model.is_some() { None } else { self.model.sha256.as_ref().map(|h| h.to_ascii_lowercase()) },
-            allow_chat_template: self.model.allow_chat_template,
+            model_sha256,
+            allow_chat_template,
             guard_threshold,
             instruction_sampling,
             response_sampling,
@@ -666,6 +712,7 @@ impl PilotConfig {
             if let Some(m) = p.max_tokens {
                 s.insert("max_tokens".into(), V::Integer(m as i64));
             }
+            s.insert("stop_after_text".into(), V::Boolean(p.stop_after_text));
             V::Table(s)
         };
         let mut sampling = toml::Table::new();

@@ -84,6 +84,11 @@ pub struct GenRequest {
     /// The sequence's own seed: the same request and seed give the same tokens in any batch.
     #[serde(default)]
     pub seed: u64,
+    /// Stop sequences count only once the completion has non-whitespace text: a stop
+    /// sequence inside the completion's leading whitespace (an answer that opens with a blank
+    /// line) does not end it. The leading whitespace stays in the returned text.
+    #[serde(default)]
+    pub stop_after_text: bool,
 }
 
 /// What came out.
@@ -128,9 +133,21 @@ struct Active {
     prompt_len: usize,
 }
 
-/// Earliest occurrence of any stop sequence in `text`: (byte offset, the sequence).
-fn find_stop<'a>(text: &str, stops: &'a [String]) -> Option<(usize, &'a String)> {
-    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str()).map(|p| (p, s))).min_by_key(|(p, _)| *p)
+/// Earliest occurrence of any stop sequence in `text` at or after byte `from`: (byte offset,
+/// the sequence).
+fn find_stop<'a>(text: &str, from: usize, stops: &'a [String]) -> Option<(usize, &'a String)> {
+    let tail = &text[from..];
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| tail.find(s.as_str()).map(|p| (from + p, s))).min_by_key(|(p, _)| *p)
+}
+
+/// Where stop sequences may start matching in `text`: 0, or with `after_text` the first
+/// non-whitespace character (the end when there is none yet).
+fn stop_search_start(text: &str, after_text: bool) -> usize {
+    if after_text {
+        text.find(|c: char| !c.is_whitespace()).unwrap_or(text.len())
+    } else {
+        0
+    }
 }
 
 impl Engine {
@@ -209,7 +226,7 @@ impl Engine {
                     done = Some((text, Finish::Eos, None));
                 } else {
                     let text = self.tokenizer.decode(&a.generated)?;
-                    if let Some((p, s)) = find_stop(&text, &r.stop) {
+                    if let Some((p, s)) = find_stop(&text, stop_search_start(&text, r.stop_after_text), &r.stop) {
                         done = Some((text[..p].to_string(), Finish::Stop, Some(s.clone())));
                     } else if a.generated.len() >= r.max_tokens as usize {
                         done = Some((text, Finish::Length, None));
@@ -341,5 +358,28 @@ impl Engine {
         let mut idx: Vec<usize> = (0..lp.len()).collect();
         idx.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]).then(a.cmp(&b)));
         Ok(idx.into_iter().take(k).map(|i| (i as u32, lp[i])).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stops_inside_leading_whitespace_wait_for_text() {
+        let stops = vec!["\n\n".to_string(), "\nTask:".to_string()];
+        let text = "\n\nRoses are red.\n\nTask: more";
+        // Plain rule: the blank line at the start ends the completion at once.
+        assert_eq!(find_stop(text, stop_search_start(text, false), &stops), Some((0, &stops[0])));
+        // After text: the first stop after "Roses" fires; the leading blank line is kept.
+        let from = stop_search_start(text, true);
+        assert_eq!(from, 2);
+        assert_eq!(find_stop(text, from, &stops), Some((17, &stops[0])));
+        assert_eq!(&text[..17], "\n\nRoses are red.");
+        // Only whitespace so far: nothing fires yet.
+        assert_eq!(find_stop("\n\n \n", stop_search_start("\n\n \n", true), &stops), None);
+        // The earliest of several stops wins.
+        let t2 = "A\nTask: x\n\n";
+        assert_eq!(find_stop(t2, stop_search_start(t2, true), &stops), Some((1, &stops[1])));
     }
 }

@@ -293,79 +293,64 @@ impl<'p> Worker<'p> {
         Err(self.contract(call, ids.to_vec(), FailureKind::Contract, format!("returned {got} results for {} inputs", ids.len())))
     }
 
+    /// A call that returns one result per input record: world check, conversion to WIT
+    /// records, the call itself, conversion back, and the count check. Returns the record ids
+    /// too, for further checks by the caller.
+    fn per_record_call<I, W, R, O>(
+        &mut self,
+        world: World,
+        call: &'static str,
+        items: &[I],
+        f: impl FnOnce(&Bindings, &mut Store<HostState>, &[W]) -> Raw<Vec<R>>,
+    ) -> Result<(Vec<String>, Vec<O>), PluginError>
+    where
+        I: RecordId,
+        for<'a> &'a I: Into<W>,
+        R: Into<O>,
+        O: WireSize,
+    {
+        self.expect_world(world, call)?;
+        let ids: Vec<String> = items.iter().map(|r| r.record_id().to_string()).collect();
+        let wit_items: Vec<W> = items.iter().map(Into::into).collect();
+        let out: Vec<O> = self.call(call, ids.clone(), |b, s| f(b, s, &wit_items), |v| v.into_iter().map(Into::into).collect())?;
+        self.check_count(call, &ids, out.len())?;
+        Ok((ids, out))
+    }
+
     /// `prompt-template.instruction-prompts`.
     pub fn instruction_prompts(&mut self, reqs: &[InstructionRequest]) -> Result<Vec<Prompt>, PluginError> {
-        const CALL: &str = "instruction-prompts";
-        self.expect_world(World::PromptTemplate, CALL)?;
-        let ids: Vec<String> = reqs.iter().map(|r| r.id.clone()).collect();
-        let wit_reqs: Vec<_> = reqs.iter().map(Into::into).collect();
-        let out: Vec<Prompt> = self.call(
-            CALL,
-            ids.clone(),
-            |b, s| match b {
-                Bindings::Template(t) => t.kiln_stages_templating().call_instruction_prompts(s, &wit_reqs),
-                _ => unreachable!("world checked"),
-            },
-            |v| v.into_iter().map(Into::into).collect(),
-        )?;
-        self.check_count(CALL, &ids, out.len())?;
+        let (_, out) = self.per_record_call(World::PromptTemplate, "instruction-prompts", reqs, |b, s, w| match b {
+            Bindings::Template(t) => t.kiln_stages_templating().call_instruction_prompts(s, w),
+            _ => unreachable!("world checked"),
+        })?;
         Ok(out)
     }
 
     /// `prompt-template.response-prompts`.
     pub fn response_prompts(&mut self, reqs: &[ResponseRequest]) -> Result<Vec<Prompt>, PluginError> {
-        const CALL: &str = "response-prompts";
-        self.expect_world(World::PromptTemplate, CALL)?;
-        let ids: Vec<String> = reqs.iter().map(|r| r.id.clone()).collect();
-        let wit_reqs: Vec<_> = reqs.iter().map(Into::into).collect();
-        let out: Vec<Prompt> = self.call(
-            CALL,
-            ids.clone(),
-            |b, s| match b {
-                Bindings::Template(t) => t.kiln_stages_templating().call_response_prompts(s, &wit_reqs),
-                _ => unreachable!("world checked"),
-            },
-            |v| v.into_iter().map(Into::into).collect(),
-        )?;
-        self.check_count(CALL, &ids, out.len())?;
+        let (_, out) = self.per_record_call(World::PromptTemplate, "response-prompts", reqs, |b, s, w| match b {
+            Bindings::Template(t) => t.kiln_stages_templating().call_response_prompts(s, w),
+            _ => unreachable!("world checked"),
+        })?;
         Ok(out)
     }
 
     /// `prompt-template.parse-instructions`.
     pub fn parse_instructions(&mut self, completions: &[InstructionCompletion]) -> Result<Vec<Parsed>, PluginError> {
-        const CALL: &str = "parse-instructions";
-        self.expect_world(World::PromptTemplate, CALL)?;
-        let ids: Vec<String> = completions.iter().map(|r| r.id.clone()).collect();
-        let wit_c: Vec<_> = completions.iter().map(Into::into).collect();
-        let out: Vec<Parsed> = self.call(
-            CALL,
-            ids.clone(),
-            |b, s| match b {
-                Bindings::Template(t) => t.kiln_stages_templating().call_parse_instructions(s, &wit_c),
-                _ => unreachable!("world checked"),
-            },
-            |v| v.into_iter().map(Into::into).collect(),
-        )?;
-        self.check_count(CALL, &ids, out.len())?;
+        let (_, out) = self.per_record_call(World::PromptTemplate, "parse-instructions", completions, |b, s, w| match b {
+            Bindings::Template(t) => t.kiln_stages_templating().call_parse_instructions(s, w),
+            _ => unreachable!("world checked"),
+        })?;
         Ok(out)
     }
 
     /// `cleaner.clean`.
     pub fn clean(&mut self, samples: &[Sample]) -> Result<Vec<CleanOutcome>, PluginError> {
         const CALL: &str = "clean";
-        self.expect_world(World::Cleaner, CALL)?;
-        let ids: Vec<String> = samples.iter().map(|s| s.id.clone()).collect();
-        let wit_s: Vec<wit::Sample> = samples.iter().map(Into::into).collect();
-        let out: Vec<CleanOutcome> = self.call(
-            CALL,
-            ids.clone(),
-            |b, s| match b {
-                Bindings::Cleaner(c) => c.kiln_stages_cleaning().call_clean(s, &wit_s),
-                _ => unreachable!("world checked"),
-            },
-            |v| v.into_iter().map(Into::into).collect(),
-        )?;
-        self.check_count(CALL, &ids, out.len())?;
+        let (ids, out) = self.per_record_call(World::Cleaner, CALL, samples, |b, s, w| match b {
+            Bindings::Cleaner(c) => c.kiln_stages_cleaning().call_clean(s, w),
+            _ => unreachable!("world checked"),
+        })?;
         for (o, id) in out.iter().zip(&ids) {
             if let CleanOutcome::Keep { sample } = o {
                 if &sample.id != id {

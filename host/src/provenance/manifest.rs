@@ -251,6 +251,36 @@ pub struct Manifest {
     /// For a replay: the run whose raw pool it used.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub source: Option<Source>,
+    /// For an eval: the two arms compared.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub arms: Vec<ArmRecord>,
+    /// For an eval: the test set.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub test_set: Option<FileRecord>,
+}
+
+/// One arm of an eval: what produced its answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmRecord {
+    /// "base" or "tuned".
+    pub name: String,
+    /// Its model.
+    pub model: ModelRecord,
+    /// Its contamination-guard report.
+    pub guard: serde_json::Value,
+    /// Its template.
+    pub template: PluginRef,
+}
+
+/// An input file by path and content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The file.
+    pub path: PathBuf,
+    /// Its sha256.
+    pub sha256: String,
+    /// Records in it.
+    pub records: usize,
 }
 
 /// Errors reading or checking a manifest.

@@ -35,14 +35,50 @@ fn fs_err(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io
 pub struct RunDir {
     dir: Dir,
     path: PathBuf,
+    /// Held while this process owns the directory (see [`RunDir::lock`]).
+    lock: Option<std::fs::File>,
 }
+
+/// The lock file of a run directory.
+pub const LOCK_FILE: &str = ".lock";
 
 impl RunDir {
     /// Open (creating it and its parents if needed) a directory.
     pub fn create(path: &Path) -> Result<Self, FsError> {
         std::fs::create_dir_all(path).map_err(fs_err("create directory", path))?;
         let dir = Dir::open_ambient_dir(path, ambient_authority()).map_err(fs_err("open directory", path))?;
-        Ok(RunDir { dir, path: path.to_path_buf() })
+        Ok(RunDir { dir, path: path.to_path_buf(), lock: None })
+    }
+
+    /// Take the directory for this process: an exclusive advisory lock on its `.lock` file,
+    /// held until the `RunDir` is dropped (the operating system releases it when the process
+    /// dies, however it dies). A second process gets an error naming the directory at once.
+    pub fn lock(&mut self) -> Result<(), FsError> {
+        if self.lock.is_some() {
+            return Ok(());
+        }
+        let path = self.path.join(LOCK_FILE);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(fs_err("open lock file", &path))?;
+        match f.try_lock() {
+            Ok(()) => {
+                self.lock = Some(f);
+                Ok(())
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(FsError {
+                action: "lock",
+                path,
+                source: std::io::Error::other(format!(
+                    "another kiln process is working in \"{}\"; wait for it to finish, or give this run another run_id",
+                    self.path.display()
+                )),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(fs_err("lock", &path)(e)),
+        }
     }
 
     /// The directory's path.
@@ -180,6 +216,20 @@ mod tests {
         assert!(err.to_string().contains("outside"), "{err}");
         assert!(!tmp.path().join("escape.txt").exists());
     }
+
+    #[test]
+    fn a_locked_run_directory_refuses_a_second_owner() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = RunDir::create(&tmp.path().join("run")).unwrap();
+        a.lock().unwrap();
+        a.lock().unwrap();
+        let mut b = RunDir::create(&tmp.path().join("run")).unwrap();
+        let e = b.lock().unwrap_err().to_string();
+        assert!(e.contains("another kiln process") && e.contains("run"), "{e}");
+        drop(a);
+        b.lock().unwrap();
+    }
+
 }
 
 /// An error reading JSON lines, naming the file and the line.
@@ -217,4 +267,5 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>,
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| serde_json::from_str(l).map_err(|source| JsonlError::Parse { path: name.clone(), line: i + 1, source }))
         .collect()
+
 }

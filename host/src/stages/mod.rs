@@ -25,8 +25,10 @@
 //! logs/pilot.log                     what each invocation did
 //! ```
 
+pub mod chart;
 pub mod compare;
 pub mod error;
+pub mod eval;
 pub mod pilot;
 pub mod process;
 pub mod progress;

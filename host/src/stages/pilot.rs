@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::pilot::{ModelChoice, PilotConfig, PluginEntry};
+use crate::config::pilot::{ModelChoice, ModelSpec, PilotConfig, PluginEntry};
 use crate::model::{guard, Engine, LoadOptions};
 use crate::plugin::{InstructionCompletion, InstructionRequest, Parsed, Quarantine, ResponseRequest, Runtime, World};
 use crate::provenance::manifest::{
@@ -183,7 +183,8 @@ pub fn describe_diff(old: &str, new: &str, max: usize) -> String {
 /// one must have been made with the same config. Returns the run's state.
 pub fn open_run(dir: &Path, run_id: &str, stage: &str, resolved: &str, timings: &mut Timings) -> Result<(RunDir, RunState), StageError> {
     let t = Instant::now();
-    let run = RunDir::create(dir)?;
+    let mut run = RunDir::create(dir)?;
+    run.lock()?;
     let config_hash = sha256_hex(resolved.as_bytes());
     match run.read_optional(files::CONFIG)? {
         Some(old) if old != resolved.as_bytes() => {
@@ -238,19 +239,31 @@ pub fn model_record(engine: &Engine) -> ModelRecord {
 
 /// Load the model of a config, check its pin and run the contamination guard.
 pub fn load_model(cfg: &PilotConfig, timings: &mut Timings) -> Result<(Engine, guard::GuardReport), StageError> {
-    let path = model_path(&cfg.model)?;
-    let engine = timings.time("model_load", || Engine::load(&path, &LoadOptions { allow_chat_template: cfg.allow_chat_template }))?;
-    if let Some(expected) = &cfg.model_sha256 {
+    let spec = ModelSpec {
+        choice: cfg.model.clone(),
+        sha256: cfg.model_sha256.clone(),
+        allow_chat_template: cfg.allow_chat_template,
+        guard_threshold: cfg.guard_threshold,
+    };
+    load_model_spec(&spec, &cfg.file, "model", timings)
+}
+
+/// Load a model, check its pin (an error names the config `file` and `field`) and run the
+/// contamination guard.
+pub fn load_model_spec(spec: &ModelSpec, file: &Path, field: &str, timings: &mut Timings) -> Result<(Engine, guard::GuardReport), StageError> {
+    let path = model_path(&spec.choice)?;
+    let engine = timings.time("model_load", || Engine::load(&path, &LoadOptions { allow_chat_template: spec.allow_chat_template }))?;
+    if let Some(expected) = &spec.sha256 {
         if &engine.info.sha256 != expected {
             return Err(StageError::Invalid(format!(
-                "{}: model.sha256: model \"{}\": hash mismatch, found {} but expected {expected}",
-                cfg.file.display(),
+                "{}: {field}.sha256: model \"{}\": hash mismatch, found {} but expected {expected}",
+                file.display(),
                 path.display(),
                 engine.info.sha256
             )));
         }
     }
-    let report = timings.time("guard", || guard::check(&engine, cfg.guard_threshold))?;
+    let report = timings.time("guard", || guard::check(&engine, spec.guard_threshold))?;
     if report.flagged_by_behaviour {
         return Err(super::error::GuardFailed {
             path,
@@ -435,6 +448,7 @@ pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, Stage
                 stop: pr.stop.clone(),
                 max_tokens: cfg.instruction_sampling.budget(pr.max_tokens),
                 seed: p.instruction_seed,
+                stop_after_text: cfg.instruction_sampling.stop_after_text,
             })
         })
         .collect();
@@ -497,6 +511,7 @@ pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, Stage
                 stop: pr.stop.clone(),
                 max_tokens: cfg.response_sampling.budget(pr.max_tokens),
                 seed: planned[*i].response_seed,
+                stop_after_text: cfg.response_sampling.stop_after_text,
             })
         })
         .collect();
@@ -585,6 +600,8 @@ pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, Stage
         counts: BTreeMap::new(),
         files: BTreeMap::new(),
         source: None,
+        arms: vec![],
+        test_set: None,
     };
     let quarantine_files: Vec<String> = loaded.iter().filter(|l| l.role != "qc-rule").map(|l| l.quarantine.clone()).collect();
     let mut quarantined = processed.quarantined.clone();

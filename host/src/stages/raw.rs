@@ -34,6 +34,8 @@ pub struct GenJob {
     pub max_tokens: u32,
     /// Sampler seed.
     pub seed: u64,
+    /// Stop sequences count only after the first non-whitespace text.
+    pub stop_after_text: bool,
 }
 
 /// Debug hook for crash tests: `KILN_DEBUG_ABORT_AFTER_RAW=N` aborts the process (no cleanup,
@@ -178,7 +180,14 @@ pub fn generate_phase(
     }
     let reqs: Vec<GenRequest> = todo
         .iter()
-        .map(|j| GenRequest { id: j.id.clone(), prompt: j.prompt.clone(), stop: j.stop.clone(), max_tokens: j.max_tokens, seed: j.seed })
+        .map(|j| GenRequest {
+            id: j.id.clone(),
+            prompt: j.prompt.clone(),
+            stop: j.stop.clone(),
+            max_tokens: j.max_tokens,
+            seed: j.seed,
+            stop_after_text: j.stop_after_text,
+        })
         .collect();
     let bar = p.progress.bar(label, jobs.len() as u64, resumed as u64);
     let abort_after = abort_after_raw();

@@ -310,6 +310,8 @@ pub fn replay(source: &Path, cfg: &PilotConfig, opts: &ReplayOptions) -> Result<
             raw_pool_sha256: raw_sha.clone(),
             config_hash: src.config_hash.clone(),
         }),
+        arms: vec![],
+        test_set: None,
     };
     let quarantine_files: Vec<String> = loaded.iter().filter(|l| l.role != "qc-rule").map(|l| l.quarantine.clone()).collect();
     let quarantined = processed.quarantined.clone();

@@ -189,6 +189,18 @@ pub fn table(headers: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A Markdown (pipe) table: first column left-aligned, the others right-aligned; `|` in cells
+/// is escaped.
+pub fn md_table(headers: &[String], rows: &[Vec<String>]) -> String {
+    let cell = |c: &String| c.replace('|', "\\|");
+    let mut out = format!("| {} |\n", headers.iter().map(cell).collect::<Vec<_>>().join(" | "));
+    out.push_str(&format!("|{}|\n", (0..headers.len()).map(|i| if i == 0 { "---" } else { "---:" }).collect::<Vec<_>>().join("|")));
+    for r in rows {
+        out.push_str(&format!("| {} |\n", r.iter().take(headers.len()).map(cell).collect::<Vec<_>>().join(" | ")));
+    }
+    out
+}
+
 fn comparison_text(c: Comparison) -> &'static str {
     match c {
         Comparison::LessThan => "<",

@@ -41,8 +41,8 @@ impl Guest for Component {
                 sample_id: r.sample_id,
                 aspect: r.aspect,
                 prompt: r.prompt,
-                answer_a: cfg.answer_good.clone(),
-                answer_b: cfg.answer_bad.clone(),
+                answer_a: r.answer_good,
+                answer_b: r.answer_bad,
             })
             .collect())
     }
@@ -55,11 +55,17 @@ impl Guest for Component {
         let mut missing = Vec::new();
         for s in &samples {
             for aspect in &cfg.aspects {
-                let Some(score) = by_key.get(&(s.id.as_str(), aspect.as_str())) else {
+                let swapped = format!("{aspect}{}", crate::SWAPPED);
+                let keys: &[&str] = if cfg.order == "both" { &[aspect.as_str(), swapped.as_str()] } else { &[aspect.as_str()] };
+                let found: Option<Vec<(f64, f64)>> = keys
+                    .iter()
+                    .map(|k| by_key.get(&(s.id.as_str(), *k)).map(|sc| (sc.logprob_a, sc.logprob_b)))
+                    .collect();
+                let Some(orders) = found else {
                     missing.push(s.id.clone());
                     continue;
                 };
-                let (pass, margin, reason) = crate::decide(&cfg, aspect, score.logprob_a, score.logprob_b)
+                let (pass, margin, reason) = crate::decide(&cfg, aspect, &orders)
                     .map_err(|message| PluginError { code: "bad-input".into(), message, record_ids: vec![s.id.clone()] })?;
                 out.push(Judged {
                     sample_id: s.id.clone(),

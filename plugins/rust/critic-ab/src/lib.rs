@@ -2,7 +2,14 @@
 //!
 //! Phase 1 writes, per sample and aspect, a judging prompt whose answer is one token: " A"
 //! (good) or " B" (bad). The host scores both answers' log-probabilities; phase 2 passes a
-//! sample's aspect when `logprob(A) - logprob(B) >= margin_threshold`.
+//! sample's aspect when its margin, `logprob(good) - logprob(bad)`, is at least
+//! `margin_threshold`.
+//!
+//! Small base models prefer one letter whatever the text (position and letter bias). With
+//! `order = "both"` (the default) each aspect is asked twice, once with A meaning good and once
+//! with the letters swapped (aspect `<aspect>/swapped`); the margin is the mean of the two, so a
+//! constant preference for one letter cancels out and only what depends on the text remains.
+//! Half the difference of the two margins, the letter bias, is given in the verdict's reason.
 
 use serde::Deserialize;
 
@@ -21,15 +28,20 @@ pub const ASPECTS: [&str; 2] = ["instruction", "response"];
 pub struct Config {
     /// Which aspects to judge ("instruction", "response").
     pub aspects: Vec<String>,
+    /// "both": ask each aspect in both letter orders and average (cancels letter bias);
+    /// "fixed": ask once, `answer_good` meaning good.
+    pub order: String,
     /// Pass when logprob(A) - logprob(B) is at least this.
     pub margin_threshold: f64,
     /// The answer meaning "good".
     pub answer_good: String,
     /// The answer meaning "bad".
     pub answer_bad: String,
-    /// Judging prompt for instructions; `{instruction}` is substituted.
+    /// Judging prompt for instructions; `{instruction}`, `{good}` and `{bad}` (the answers'
+    /// letters, trimmed) are substituted.
     pub instruction_prompt: String,
-    /// Judging prompt for responses; `{instruction}` and `{response}` are substituted.
+    /// Judging prompt for responses; `{instruction}`, `{response}`, `{good}` and `{bad}` are
+    /// substituted.
     pub response_prompt: String,
 }
 
@@ -37,16 +49,17 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             aspects: ASPECTS.iter().map(|s| s.to_string()).collect(),
+            order: "both".into(),
             margin_threshold: 0.0,
             answer_good: " A".into(),
             answer_bad: " B".into(),
             instruction_prompt: "Below is a task that someone wrote for an assistant. A good task is clear, \
 self-contained and possible to complete in writing.\n\nTask: {instruction}\n\nIs this a good task? \
-Answer A if it is good, B if it is not.\nAnswer:"
+Answer {good} if it is good, {bad} if it is not.\nAnswer:"
                 .into(),
             response_prompt: "Below is a task and a response to it. A good response completes the task \
 correctly, helpfully and without rambling.\n\nTask: {instruction}\nResponse: {response}\n\nIs this a good \
-response? Answer A if it is good, B if it is not.\nAnswer:"
+response? Answer {good} if it is good, {bad} if it is not.\nAnswer:"
                 .into(),
         }
     }
@@ -67,51 +80,89 @@ pub fn parse_config(json: &str) -> Result<Config, String> {
             cfg.answer_good, cfg.answer_bad
         ));
     }
+    if cfg.order != "both" && cfg.order != "fixed" {
+        return Err(format!("critic-ab config: order must be \"both\" or \"fixed\", got \"{}\"", cfg.order));
+    }
+    for (name, p) in [("instruction_prompt", &cfg.instruction_prompt), ("response_prompt", &cfg.response_prompt)] {
+        if !p.contains("{good}") || !p.contains("{bad}") {
+            return Err(format!("critic-ab config: {name} must name both answers with {{good}} and {{bad}}, got {p:?}"));
+        }
+    }
     if !cfg.margin_threshold.is_finite() {
         return Err(format!("critic-ab config: margin_threshold must be finite, got {}", cfg.margin_threshold));
     }
     Ok(cfg)
 }
 
+/// Suffix of the aspect name of the letter-swapped request.
+pub const SWAPPED: &str = "/swapped";
+
 /// One judging request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     /// Sample id.
     pub sample_id: String,
-    /// Aspect.
+    /// Aspect (`<aspect>/swapped` for the swapped order).
     pub aspect: String,
     /// Prompt.
     pub prompt: String,
+    /// The answer that means good in this prompt (scored as the host's answer A).
+    pub answer_good: String,
+    /// The answer that means bad in this prompt (the host's answer B).
+    pub answer_bad: String,
 }
 
-/// The requests for one sample.
+/// The requests for one sample: per aspect, one (order "fixed") or two (order "both").
 pub fn requests(cfg: &Config, id: &str, instruction: &str, response: &str) -> Vec<Request> {
-    cfg.aspects
-        .iter()
-        .map(|a| {
-            let prompt = if a == "instruction" {
-                cfg.instruction_prompt.replace("{instruction}", instruction.trim())
-            } else {
-                cfg.response_prompt
-                    .replace("{instruction}", instruction.trim())
-                    .replace("{response}", response.trim())
-            };
-            Request { sample_id: id.to_string(), aspect: a.clone(), prompt }
-        })
-        .collect()
+    let orders: &[bool] = if cfg.order == "both" { &[false, true] } else { &[false] };
+    let mut out = Vec::new();
+    for a in &cfg.aspects {
+        let template = if a == "instruction" { &cfg.instruction_prompt } else { &cfg.response_prompt };
+        for &swapped in orders {
+            let (good, bad) = if swapped { (&cfg.answer_bad, &cfg.answer_good) } else { (&cfg.answer_good, &cfg.answer_bad) };
+            let prompt = template
+                .replace("{good}", good.trim())
+                .replace("{bad}", bad.trim())
+                .replace("{instruction}", instruction.trim())
+                .replace("{response}", response.trim());
+            out.push(Request {
+                sample_id: id.to_string(),
+                aspect: if swapped { format!("{a}{SWAPPED}") } else { a.clone() },
+                prompt,
+                answer_good: good.clone(),
+                answer_bad: bad.clone(),
+            });
+        }
+    }
+    out
 }
 
-/// A verdict from the two log-probabilities: (pass, margin, reason).
-pub fn decide(cfg: &Config, aspect: &str, logprob_good: f64, logprob_bad: f64) -> Result<(bool, f64, String), String> {
-    if !logprob_good.is_finite() || !logprob_bad.is_finite() {
-        return Err(format!("non-finite log-probabilities ({logprob_good}, {logprob_bad}) for aspect {aspect}"));
+/// A verdict from the log-probabilities `(good, bad)` of each order asked (one or two):
+/// (pass, margin, reason). The margin is the mean over the orders.
+pub fn decide(cfg: &Config, aspect: &str, orders: &[(f64, f64)]) -> Result<(bool, f64, String), String> {
+    if orders.is_empty() {
+        return Err(format!("no scores for aspect {aspect}"));
     }
-    let margin = logprob_good - logprob_bad;
+    for (g, b) in orders {
+        if !g.is_finite() || !b.is_finite() {
+            return Err(format!("non-finite log-probabilities ({g}, {b}) for aspect {aspect}"));
+        }
+    }
+    let margins: Vec<f64> = orders.iter().map(|(g, b)| g - b).collect();
+    let margin = margins.iter().sum::<f64>() / margins.len() as f64;
     let pass = margin >= cfg.margin_threshold;
+    let how = if margins.len() == 2 {
+        format!(
+            "mean of both letter orders ({:.4}, {:.4}; letter bias {:.4})",
+            margins[0],
+            margins[1],
+            (margins[0] - margins[1]) / 2.0
+        )
+    } else {
+        format!("logprob({:?}) - logprob({:?})", cfg.answer_good, cfg.answer_bad)
+    };
     let reason = format!(
-        "{aspect}: logprob({:?}) - logprob({:?}) = {margin:.4} {} threshold {}",
-        cfg.answer_good,
-        cfg.answer_bad,
+        "{aspect}: {how} = {margin:.4} {} threshold {}",
         if pass { ">=" } else { "<" },
         cfg.margin_threshold
     );
@@ -123,15 +174,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_and_verdicts() {
+    fn both_orders_cancel_a_constant_letter_bias() {
         let cfg = Config::default();
         let r = requests(&cfg, "s1", "Name a colour.", "Blue.");
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[0].aspect, "instruction");
+        assert_eq!(r[1].aspect, "instruction/swapped");
+        assert!(r[0].prompt.contains("Answer A if it is good, B if it is not."));
+        assert!(r[1].prompt.contains("Answer B if it is good, A if it is not."));
+        assert_eq!((r[1].answer_good.as_str(), r[1].answer_bad.as_str()), (" B", " A"));
+        assert!(r[3].prompt.contains("Response: Blue."));
+        // A model that adds +2 nats to " A" whatever the prompt, and sees a good text
+        // (true margin 0.5): fixed order 2.5, swapped order 0.5 - 2 = -1.5, mean 0.5.
+        let (pass, m, reason) = decide(&cfg, "response", &[(-1.0 + 2.5, -1.0), (-2.5, -1.0)]).unwrap();
+        assert!(pass && (m - 0.5).abs() < 1e-12, "{m}");
+        assert!(reason.contains("letter bias 2.0000"), "{reason}");
+        assert!(!decide(&cfg, "response", &[(-3.0, -1.0), (-3.0, -1.0)]).unwrap().0);
+        assert!(decide(&cfg, "response", &[(f64::NAN, -1.0)]).is_err());
+        assert!(decide(&cfg, "response", &[]).is_err());
+    }
+
+    #[test]
+    fn fixed_order_and_config_errors() {
+        let cfg = parse_config(r#"{"order": "fixed", "margin_threshold": 0.5}"#).unwrap();
+        let r = requests(&cfg, "s1", "Name a colour.", "Blue.");
         assert_eq!(r.len(), 2);
-        assert!(r[1].prompt.contains("Response: Blue."));
-        let (pass, m, _) = decide(&cfg, "response", -0.5, -2.0).unwrap();
+        let (pass, m, _) = decide(&cfg, "response", &[(-0.5, -2.0)]).unwrap();
         assert!(pass && (m - 1.5).abs() < 1e-12);
-        assert!(!decide(&cfg, "response", -3.0, -1.0).unwrap().0);
-        assert!(decide(&cfg, "response", f64::NAN, -1.0).is_err());
         assert!(parse_config(r#"{"aspects": ["tone"]}"#).is_err());
+        assert!(parse_config(r#"{"order": "random"}"#).unwrap_err().contains("random"));
+        assert!(parse_config(r#"{"response_prompt": "Is it good? Answer A or B:"}"#).unwrap_err().contains("{good}"));
     }
 }

@@ -1,0 +1,159 @@
+//! Charts as PNG bytes (plotters on an in-memory bitmap, encoded with `png`), so a stage can
+//! write them atomically like any other output. The font is embedded (DejaVu Sans, see
+//! `host/assets/DejaVuSans.LICENSE`): a chart looks the same on every machine and needs no
+//! system fonts.
+
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::{register_font, FontStyle};
+
+/// The embedded font.
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+
+/// A chart could not be drawn.
+#[derive(Debug, thiserror::Error)]
+#[error("chart \"{title}\": {message}")]
+pub struct ChartError {
+    /// The chart's title.
+    pub title: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+fn font() -> Result<(), String> {
+    static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    REGISTERED
+        .get_or_init(|| register_font("sans-serif", FontStyle::Normal, FONT).map_err(|_| "the embedded font cannot be read".to_string()))
+        .clone()
+}
+
+/// A proportion with its interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// The proportion.
+    pub value: f64,
+    /// Interval, lower end.
+    pub lo: f64,
+    /// Interval, upper end.
+    pub hi: f64,
+}
+
+/// One group of bars: a label and one rate per series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BarGroup {
+    /// Label under the group.
+    pub label: String,
+    /// One rate per series, in series order.
+    pub rates: Vec<Rate>,
+}
+
+/// Grouped bars of rates in [0, 1] with interval whiskers and the value above each bar.
+/// `series` names the bars of each group (the legend).
+pub fn grouped_rates_png(title: &str, y_label: &str, series: &[&str], groups: &[BarGroup], size: (u32, u32)) -> Result<Vec<u8>, ChartError> {
+    let err = |message: String| ChartError { title: title.to_string(), message };
+    font().map_err(err)?;
+    if groups.is_empty() || series.is_empty() || groups.iter().any(|g| g.rates.len() != series.len()) {
+        return Err(err(format!("{} groups of {} series: every group needs one rate per series", groups.len(), series.len())));
+    }
+    let (w, h) = size;
+    let mut buf = vec![0u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let n = groups.len();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(18)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..n as f64, 0f64..1.08f64)
+            .map_err(|e| err(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_label_formatter(&|y| format!("{:.0}%", y * 100.0))
+            .y_desc(y_label)
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 16))
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        let palette = [RGBColor(0x4c, 0x72, 0xb0), RGBColor(0xdd, 0x84, 0x52), RGBColor(0x55, 0xa8, 0x68), RGBColor(0xc4, 0x4e, 0x52)];
+        let k = series.len() as f64;
+        let slot = 0.8 / k;
+        for (s, name) in series.iter().enumerate() {
+            let color = palette[s % palette.len()];
+            let x0 = |i: usize| i as f64 + 0.1 + s as f64 * slot;
+            chart
+                .draw_series(groups.iter().enumerate().map(|(i, g)| {
+                    Rectangle::new([(x0(i) + 0.02 * slot, 0.0), (x0(i) + 0.98 * slot, g.rates[s].value)], color.filled())
+                }))
+                .map_err(|e| err(e.to_string()))?
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+            chart
+                .draw_series(groups.iter().enumerate().map(|(i, g)| {
+                    let r = g.rates[s];
+                    ErrorBar::new_vertical(x0(i) + slot / 2.0, r.lo, r.value, r.hi, BLACK.stroke_width(2), 10)
+                }))
+                .map_err(|e| err(e.to_string()))?;
+            chart
+                .draw_series(groups.iter().enumerate().map(|(i, g)| {
+                    let r = g.rates[s];
+                    Text::new(format!("{:.0}%", r.value * 100.0), (x0(i) + 0.2 * slot, (r.hi + 0.045).min(1.07)), ("sans-serif", 14))
+                }))
+                .map_err(|e| err(e.to_string()))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        // Group labels under the axis, centred on each group.
+        let style = TextStyle::from(("sans-serif", 15).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+        for (i, g) in groups.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
+            root.draw(&Text::new(g.label.clone(), (px, py + 10), style.clone())).map_err(|e| err(e.to_string()))?;
+        }
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().map_err(|e| err(e.to_string()))?;
+        writer.write_image_data(&buf).map_err(|e| err(e.to_string()))?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chart_is_a_png_with_bars_drawn() {
+        let r = |v: f64| Rate { value: v, lo: (v - 0.1).max(0.0), hi: (v + 0.1).min(1.0) };
+        let groups = vec![
+            BarGroup { label: "open-qa".into(), rates: vec![r(0.4), r(0.7)] },
+            BarGroup { label: "overall".into(), rates: vec![r(0.5), r(0.6)] },
+        ];
+        let png_bytes = grouped_rates_png("pass rate", "pass rate", &["base", "tuned"], &groups, (640, 400)).unwrap();
+        let decoder = png::Decoder::new(std::io::Cursor::new(&png_bytes));
+        let mut reader = decoder.read_info().unwrap();
+        let mut img = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut img).unwrap();
+        assert_eq!((info.width, info.height), (640, 400));
+        // Both series' colours appear.
+        let px: Vec<&[u8]> = img.chunks(3).collect();
+        assert!(px.iter().any(|p| p == &[0x4c, 0x72, 0xb0]));
+        assert!(px.iter().any(|p| p == &[0xdd, 0x84, 0x52]));
+        // A group without a rate per series is refused.
+        let bad = vec![BarGroup { label: "x".into(), rates: vec![r(0.1)] }];
+        assert!(grouped_rates_png("t", "y", &["a", "b"], &bad, (100, 100)).is_err());
+    }
+}
