@@ -84,7 +84,7 @@ path = {critic}
 
 [critic.config]
 aspects = ["response"]
-response_prompt = "Task: {{instruction}}\nResponse: {{response}}\nGood: {{good}}, bad: {{bad}}. Answer:"
+response_prompt = "Task: {{instruction}}\nResponse: {{response}}\n{{choices}} Answer:"
 "#,
             artifacts = q(&self.path("artifacts")),
             test = q(&self.path("test.jsonl")),

@@ -112,8 +112,8 @@ max_repetition = 1.0
 path = {critic}
 
 [plugins.critics.config]
-instruction_prompt = "Task: {{instruction}}\nGood: {{good}}, bad: {{bad}}. Answer:"
-response_prompt = "Task: {{instruction}}\nResponse: {{response}}\nGood: {{good}}, bad: {{bad}}. Answer:"
+instruction_prompt = "Task: {{instruction}}\n{{choices}} Answer:"
+response_prompt = "Task: {{instruction}}\nResponse: {{response}}\n{{choices}} Answer:"
 
 [[plugins.qc_rules]]
 path = {qc}
@@ -295,7 +295,8 @@ fn pilot_runs_end_to_end_with_provenance() {
     let critic = lines(&run.join("critic/shard-00000.jsonl"));
     assert_eq!(critic.len() as u64, c["judged"].as_u64().unwrap());
     for r in &critic {
-        assert_eq!(r["scores"].as_array().unwrap().len(), 2);
+        // Two aspects, each asked in both letter orders.
+        assert_eq!(r["scores"].as_array().unwrap().len(), 4);
         assert!(r["scores"][0]["logprob_a"].as_str().unwrap().parse::<f64>().unwrap() < 0.0);
     }
 
@@ -513,7 +514,7 @@ fn replay_with_a_stricter_cleaner_shows_the_delta_without_the_model() {
     assert!(stdout.contains("metric") && stdout.contains("before") && stdout.contains("delta") && stdout.contains("kept by before only"), "{stdout}");
 
     // A changed critic prompt needs the model: without it, a clear error.
-    let other_critic = f.config("critic.toml", "", "").with_replaced("bad: {bad}. Answer:", "bad: {bad}. Is it good? Answer:");
+    let other_critic = f.config("critic.toml", "", "").with_replaced("{choices} Answer:", "{choices} Is it good? Answer:");
     let o = kiln().args(["replay", "--quiet"]).arg(&run).arg("--config").arg(&other_critic).output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("tiny-llama.gguf"), "{}", text(&o));

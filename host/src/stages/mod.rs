@@ -6,6 +6,7 @@
 //!   resumes where it stopped and ends with the bytes an uninterrupted run writes.
 //! - [`replay`]: another config's cleaners, critics and QC rules on a run's stored raw pool.
 //! - [`compare`]: several runs' QC metrics side by side.
+//! - [`eval`]: paired evaluation of two arms on a test set, with statistics, report and chart.
 //!
 //! A run directory (`artifacts/<run-id>/`):
 //!

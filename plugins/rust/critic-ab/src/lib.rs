@@ -6,9 +6,11 @@
 //! `margin_threshold`.
 //!
 //! Small base models prefer one letter whatever the text (position and letter bias). With
-//! `order = "both"` (the default) each aspect is asked twice, once with A meaning good and once
-//! with the letters swapped (aspect `<aspect>/swapped`); the margin is the mean of the two, so a
-//! constant preference for one letter cancels out and only what depends on the text remains.
+//! `order = "both"` (the default) each aspect is asked twice: once with A meaning good and once
+//! with A meaning bad (aspect `<aspect>/swapped`), A named first both times (`choices_good_first`
+//! and `choices_bad_first`). The margin is the mean of the two, so a constant preference for
+//! one letter, or for the option named first, cancels out and only what depends on the text
+//! remains.
 //! Half the difference of the two margins, the letter bias, is given in the verdict's reason.
 
 use serde::Deserialize;
@@ -37,10 +39,14 @@ pub struct Config {
     pub answer_good: String,
     /// The answer meaning "bad".
     pub answer_bad: String,
-    /// Judging prompt for instructions; `{instruction}`, `{good}` and `{bad}` (the answers'
-    /// letters, trimmed) are substituted.
+    /// How the answers are offered when the good one is named first; `{good}` and `{bad}` are
+    /// the answers, trimmed.
+    pub choices_good_first: String,
+    /// How the answers are offered when the bad one is named first (the swapped order).
+    pub choices_bad_first: String,
+    /// Judging prompt for instructions; `{instruction}` and `{choices}` are substituted.
     pub instruction_prompt: String,
-    /// Judging prompt for responses; `{instruction}`, `{response}`, `{good}` and `{bad}` are
+    /// Judging prompt for responses; `{instruction}`, `{response}` and `{choices}` are
     /// substituted.
     pub response_prompt: String,
 }
@@ -53,13 +59,15 @@ impl Default for Config {
             margin_threshold: 0.0,
             answer_good: " A".into(),
             answer_bad: " B".into(),
+            choices_good_first: "Answer {good} if it is good, {bad} if it is not.".into(),
+            choices_bad_first: "Answer {bad} if it is not good, {good} if it is.".into(),
             instruction_prompt: "Below is a task that someone wrote for an assistant. A good task is clear, \
 self-contained and possible to complete in writing.\n\nTask: {instruction}\n\nIs this a good task? \
-Answer {good} if it is good, {bad} if it is not.\nAnswer:"
+{choices}\nAnswer:"
                 .into(),
             response_prompt: "Below is a task and a response to it. A good response completes the task \
 correctly, helpfully and without rambling.\n\nTask: {instruction}\nResponse: {response}\n\nIs this a good \
-response? Answer {good} if it is good, {bad} if it is not.\nAnswer:"
+response? {choices}\nAnswer:"
                 .into(),
         }
     }
@@ -84,8 +92,13 @@ pub fn parse_config(json: &str) -> Result<Config, String> {
         return Err(format!("critic-ab config: order must be \"both\" or \"fixed\", got \"{}\"", cfg.order));
     }
     for (name, p) in [("instruction_prompt", &cfg.instruction_prompt), ("response_prompt", &cfg.response_prompt)] {
-        if !p.contains("{good}") || !p.contains("{bad}") {
-            return Err(format!("critic-ab config: {name} must name both answers with {{good}} and {{bad}}, got {p:?}"));
+        if !p.contains("{choices}") {
+            return Err(format!("critic-ab config: {name} must offer the answers with {{choices}}, got {p:?}"));
+        }
+    }
+    for (name, c) in [("choices_good_first", &cfg.choices_good_first), ("choices_bad_first", &cfg.choices_bad_first)] {
+        if !c.contains("{good}") || !c.contains("{bad}") {
+            return Err(format!("critic-ab config: {name} must name both answers with {{good}} and {{bad}}, got {c:?}"));
         }
     }
     if !cfg.margin_threshold.is_finite() {
@@ -119,10 +132,15 @@ pub fn requests(cfg: &Config, id: &str, instruction: &str, response: &str) -> Ve
     for a in &cfg.aspects {
         let template = if a == "instruction" { &cfg.instruction_prompt } else { &cfg.response_prompt };
         for &swapped in orders {
-            let (good, bad) = if swapped { (&cfg.answer_bad, &cfg.answer_good) } else { (&cfg.answer_good, &cfg.answer_bad) };
+            // The first answer is named first in both orders: good first, then bad first.
+            let (good, bad, choices) = if swapped {
+                (&cfg.answer_bad, &cfg.answer_good, &cfg.choices_bad_first)
+            } else {
+                (&cfg.answer_good, &cfg.answer_bad, &cfg.choices_good_first)
+            };
+            let choices = choices.replace("{good}", good.trim()).replace("{bad}", bad.trim());
             let prompt = template
-                .replace("{good}", good.trim())
-                .replace("{bad}", bad.trim())
+                .replace("{choices}", &choices)
                 .replace("{instruction}", instruction.trim())
                 .replace("{response}", response.trim());
             out.push(Request {
@@ -181,7 +199,8 @@ mod tests {
         assert_eq!(r[0].aspect, "instruction");
         assert_eq!(r[1].aspect, "instruction/swapped");
         assert!(r[0].prompt.contains("Answer A if it is good, B if it is not."));
-        assert!(r[1].prompt.contains("Answer B if it is good, A if it is not."));
+        // A is named first in both; it means bad in the swapped order.
+        assert!(r[1].prompt.contains("Answer A if it is not good, B if it is."));
         assert_eq!((r[1].answer_good.as_str(), r[1].answer_bad.as_str()), (" B", " A"));
         assert!(r[3].prompt.contains("Response: Blue."));
         // A model that adds +2 nats to " A" whatever the prompt, and sees a good text
@@ -203,6 +222,7 @@ mod tests {
         assert!(pass && (m - 1.5).abs() < 1e-12);
         assert!(parse_config(r#"{"aspects": ["tone"]}"#).is_err());
         assert!(parse_config(r#"{"order": "random"}"#).unwrap_err().contains("random"));
-        assert!(parse_config(r#"{"response_prompt": "Is it good? Answer A or B:"}"#).unwrap_err().contains("{good}"));
+        assert!(parse_config(r#"{"response_prompt": "Is it good? Answer A or B:"}"#).unwrap_err().contains("{choices}"));
+        assert!(parse_config(r#"{"choices_bad_first": "A or B"}"#).unwrap_err().contains("{good}"));
     }
 }
