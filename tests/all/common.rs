@@ -100,3 +100,24 @@ pub fn real_model(name: &str) -> PathBuf {
     let dir = kiln::model::fetch::models_dir(None);
     kiln::model::fetch::ensure(&m, &dir).unwrap_or_else(|e| panic!("real model {name} is needed and could not be fetched into {}: {e}", dir.display()))
 }
+
+/// Run `kiln <stage> --quiet --config CONFIG ARGS...` with `env` and a fixed clock
+/// (`SOURCE_DATE_EPOCH`), for byte comparisons.
+pub fn stage(name: &str, config: &Path, args: &[&str], env: &[(&str, &str)], epoch: &str) -> std::process::Output {
+    let mut c = kiln();
+    c.args([name, "--quiet", "--config"]).arg(config).args(args).env("SOURCE_DATE_EPOCH", epoch);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// A command's outcome, for assertion messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A JSON file.
+pub fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}

@@ -99,20 +99,7 @@ response_prompt = "Task: {{instruction}}\nResponse: {{response}}\n{{choices}} An
 }
 
 fn eval(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = kiln();
-    c.args(["eval", "--quiet", "--config"]).arg(config).args(args).env("SOURCE_DATE_EPOCH", EPOCH);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    stage("eval", config, args, env, EPOCH)
 }
 
 #[test]

@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::config::eval::{EvalConfig, EvalOverrides};
 use crate::stages::eval::{run, EvalOptions, EvalOutcome};
-use crate::stages::progress::Progress;
+use super::RunArgs;
 use crate::stages::EXIT_GATE_FAILED;
 
 /// Evaluate: both arms answer every test instruction greedily, the critic judges every answer,
@@ -20,24 +20,15 @@ pub struct EvalCommand {
     /// The eval config.
     #[arg(long, default_value = "configs/eval.toml")]
     pub config: PathBuf,
-    /// Run id; replaces the config's.
-    #[arg(long)]
-    pub run_id: Option<String>,
-    /// Where runs go; replaces the config's.
-    #[arg(long)]
-    pub artifacts_dir: Option<PathBuf>,
+    /// Run id, artifacts folder, output form.
+    #[command(flatten)]
+    pub run: RunArgs,
     /// The test set (JSON lines of typed instructions); replaces the config's.
     #[arg(long)]
     pub test_set: Option<PathBuf>,
     /// The base model (a GGUF file or a known name); replaces the config's.
     #[arg(long)]
     pub model: Option<String>,
-    /// Print the outcome as JSON (and no progress bars).
-    #[arg(long)]
-    pub json: bool,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 fn print(out: &EvalOutcome) {
@@ -69,15 +60,15 @@ impl EvalCommand {
     /// Run it.
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let ov = EvalOverrides {
-            run_id: self.run_id.clone(),
-            artifacts_dir: self.artifacts_dir.clone(),
+            run_id: self.run.run_id.clone(),
+            artifacts_dir: self.run.artifacts_dir.clone(),
             test_set: self.test_set.clone(),
             model: self.model.clone(),
         };
         let cfg = EvalConfig::load(&self.config, &ov)?;
-        let out = run(&cfg, &EvalOptions { progress: Progress::new(!self.json && !self.quiet) })
+        let out = run(&cfg, &EvalOptions { progress: self.run.progress() })
             .with_context(|| format!("eval \"{}\" failed", cfg.run_id))?;
-        if self.json {
+        if self.run.json {
             let v = serde_json::json!({
                 "run_dir": out.run_dir,
                 "gate": out.gate,

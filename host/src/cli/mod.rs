@@ -2,7 +2,11 @@
 
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
+
+use crate::stages::progress::Progress;
 
 pub mod compare;
 pub mod eval;
@@ -55,6 +59,30 @@ impl Cli {
             Command::Plugin(c) => c.execute(),
             Command::Stats(c) => c.execute(),
         }
+    }
+}
+
+/// Options every stage command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Run id (the run's folder under the artifacts folder); replaces the config's.
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Where runs go; replaces the config's.
+    #[arg(long)]
+    pub artifacts_dir: Option<PathBuf>,
+    /// Print the outcome as JSON (and no progress bars).
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// Progress bars unless `--json` or `--quiet`.
+    pub fn progress(&self) -> Progress {
+        Progress::new(!self.json && !self.quiet)
     }
 }
 

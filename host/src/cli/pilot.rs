@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::config::pilot::{Overrides, PilotConfig};
 use crate::stages::pilot::{run, PilotOptions};
-use crate::stages::progress::Progress;
+use super::RunArgs;
 use crate::stages::EXIT_GATE_FAILED;
 
 /// Run a pilot: instructions and responses from the base model in completion mode, through the
@@ -19,12 +19,9 @@ pub struct PilotCommand {
     /// The pilot config.
     #[arg(long, default_value = "configs/pilot.toml")]
     pub config: PathBuf,
-    /// Run id (the run's folder under the artifacts folder); replaces the config's.
-    #[arg(long)]
-    pub run_id: Option<String>,
-    /// Where runs go; replaces the config's.
-    #[arg(long)]
-    pub artifacts_dir: Option<PathBuf>,
+    /// Run id, artifacts folder, output form.
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Run seed; replaces the config's.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -34,29 +31,23 @@ pub struct PilotCommand {
     /// A GGUF file or a known model name; replaces the config's.
     #[arg(long)]
     pub model: Option<String>,
-    /// Print the summary as JSON (and no progress bars).
-    #[arg(long)]
-    pub json: bool,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 impl PilotCommand {
     /// Run it.
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let ov = Overrides {
-            run_id: self.run_id.clone(),
-            artifacts_dir: self.artifacts_dir.clone(),
+            run_id: self.run.run_id.clone(),
+            artifacts_dir: self.run.artifacts_dir.clone(),
             seed: self.seed,
             count: self.count,
             model: self.model.clone(),
             replay: false,
         };
         let cfg = PilotConfig::load(&self.config, &ov)?;
-        let out = run(&cfg, &PilotOptions { progress: Progress::new(!self.json && !self.quiet) })
+        let out = run(&cfg, &PilotOptions { progress: self.run.progress() })
             .with_context(|| format!("pilot \"{}\" failed", cfg.run_id))?;
-        if self.json {
+        if self.run.json {
             println!("{}", serde_json::to_string_pretty(&out.summary)?);
         } else {
             println!("{}", out.summary);

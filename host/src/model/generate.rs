@@ -133,15 +133,27 @@ struct Active {
     prompt_len: usize,
 }
 
-/// Earliest occurrence of any stop sequence in `text` at or after byte `from`: (byte offset,
-/// the sequence).
-fn find_stop<'a>(text: &str, from: usize, stops: &'a [String]) -> Option<(usize, &'a String)> {
-    let tail = &text[from..];
-    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| tail.find(s.as_str()).map(|p| (from + p, s))).min_by_key(|(p, _)| *p)
+/// Earliest occurrence of any stop sequence in `text` that ends after byte `ws_end` (the end
+/// of the leading whitespace with `stop_after_text`, else 0): (byte offset, the sequence). A
+/// stop sequence lying wholly inside the leading whitespace does not count; one that reaches
+/// into the text does ("\n\nAnswer:" stops at "\nAnswer:").
+fn find_stop<'a>(text: &str, ws_end: usize, stops: &'a [String]) -> Option<(usize, &'a String)> {
+    let first_counting = |s: &str| {
+        let mut from = 0;
+        while let Some(p) = text[from..].find(s).map(|p| from + p) {
+            if p + s.len() > ws_end {
+                return Some(p);
+            }
+            // Overlapping matches: go on from the next character.
+            from = p + text[p..].chars().next().map_or(1, char::len_utf8);
+        }
+        None
+    };
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| first_counting(s).map(|p| (p, s))).min_by_key(|(p, _)| *p)
 }
 
-/// Where stop sequences may start matching in `text`: 0, or with `after_text` the first
-/// non-whitespace character (the end when there is none yet).
+/// The end of the leading whitespace of `text` with `after_text` (the end of the text when
+/// there is no other character yet), else 0.
 fn stop_search_start(text: &str, after_text: bool) -> usize {
     if after_text {
         text.find(|c: char| !c.is_whitespace()).unwrap_or(text.len())
@@ -374,12 +386,18 @@ mod tests {
         // After text: the first stop after "Roses" fires; the leading blank line is kept.
         let from = stop_search_start(text, true);
         assert_eq!(from, 2);
-        assert_eq!(find_stop(text, from, &stops), Some((17, &stops[0])));
-        assert_eq!(&text[..17], "\n\nRoses are red.");
+        assert_eq!(find_stop(text, from, &stops), Some((16, &stops[0])));
+        assert_eq!(&text[..16], "\n\nRoses are red.");
         // Only whitespace so far: nothing fires yet.
         assert_eq!(find_stop("\n\n \n", stop_search_start("\n\n \n", true), &stops), None);
         // The earliest of several stops wins.
         let t2 = "A\nTask: x\n\n";
         assert_eq!(find_stop(t2, stop_search_start(t2, true), &stops), Some((1, &stops[1])));
+        // A stop that reaches from the leading whitespace into the text counts.
+        let t3 = "\n\nTask: next";
+        assert_eq!(find_stop(t3, stop_search_start(t3, true), &stops), Some((1, &stops[1])));
+        // Overlapping occurrences: the one that reaches the text is found.
+        let s4 = vec!["\n\nX".to_string()];
+        assert_eq!(find_stop("\n\n\nX", stop_search_start("\n\n\nX", true), &s4), Some((1, &s4[0])));
     }
 }

@@ -8,7 +8,7 @@
 //! The logic is plain Rust (this module) so that it can be measured natively against the
 //! component; `component.rs` is the WIT glue.
 
-use kiln_text::{cut_at_markers, normalize_whitespace, repeated_ngram_ratio, NearDupIndex};
+use kiln_text::{cut_at_markers, normalize_whitespace, repeated_ngram_ratio_with, GramSet, NearDupIndex, SearchScratch};
 use serde::Deserialize;
 
 #[cfg(target_arch = "wasm32")]
@@ -154,10 +154,20 @@ pub fn reference_index(cfg: &Config, references: &[String]) -> NearDupIndex {
 /// batch are checked against the instructions kept earlier in the same batch.
 pub fn clean(cfg: &Config, reference: &NearDupIndex, batch: &[Texts]) -> Vec<Outcome> {
     let mut seen = NearDupIndex::new(cfg.dedup_ngram);
-    batch.iter().map(|t| clean_one(cfg, reference, &mut seen, t)).collect()
+    let mut work = Work::default();
+    batch.iter().map(|t| clean_one(cfg, reference, &mut seen, &mut work, t)).collect()
 }
 
-fn clean_one(cfg: &Config, reference: &NearDupIndex, seen: &mut NearDupIndex, t: &Texts) -> Outcome {
+/// Buffers reused from one sample to the next.
+#[derive(Default)]
+struct Work {
+    words: Vec<u64>,
+    grams: GramSet,
+    reference_grams: GramSet,
+    scratch: SearchScratch,
+}
+
+fn clean_one(cfg: &Config, reference: &NearDupIndex, seen: &mut NearDupIndex, work: &mut Work, t: &Texts) -> Outcome {
     let mut notes = Vec::new();
     let (mut instruction, mut response) = if cfg.normalize {
         (normalize_whitespace(&t.instruction), normalize_whitespace(&t.response))
@@ -191,14 +201,22 @@ fn clean_one(cfg: &Config, reference: &NearDupIndex, seen: &mut NearDupIndex, t:
     if rlen > cfg.max_response_chars {
         return drop("response-too-long", format!("{rlen} characters, maximum {}", cfg.max_response_chars));
     }
-    let rep = repeated_ngram_ratio(&response, cfg.repetition_ngram);
+    let rep = repeated_ngram_ratio_with(&response, cfg.repetition_ngram, &mut work.words);
     if rep > cfg.max_repetition {
         return drop(
             "repetitive",
             format!("repeated {}-gram ratio {rep:.3} exceeds {}", cfg.repetition_ngram, cfg.max_repetition),
         );
     }
-    if let Some((label, sim)) = reference.most_similar(&instruction) {
+    // The instruction's n-gram set, made once for both searches and the insertion.
+    work.grams.fill(&instruction, seen.ngram());
+    let reference_grams = if reference.ngram() == seen.ngram() {
+        &work.grams
+    } else {
+        work.reference_grams.fill(&instruction, reference.ngram());
+        &work.reference_grams
+    };
+    if let Some((label, sim)) = reference.most_similar_at_least(reference_grams, cfg.near_duplicate_threshold, &mut work.scratch) {
         if sim >= cfg.near_duplicate_threshold {
             return drop(
                 "seed-duplicate",
@@ -206,7 +224,7 @@ fn clean_one(cfg: &Config, reference: &NearDupIndex, seen: &mut NearDupIndex, t:
             );
         }
     }
-    if let Some((label, sim)) = seen.most_similar(&instruction) {
+    if let Some((label, sim)) = seen.most_similar_at_least(&work.grams, cfg.near_duplicate_threshold, &mut work.scratch) {
         if sim >= cfg.near_duplicate_threshold {
             return drop(
                 "near-duplicate",
@@ -214,7 +232,7 @@ fn clean_one(cfg: &Config, reference: &NearDupIndex, seen: &mut NearDupIndex, t:
             );
         }
     }
-    seen.insert(t.id.clone(), &instruction);
+    seen.insert_set(t.id.clone(), &work.grams);
     Outcome::Keep { instruction, response, notes }
 }
 
