@@ -189,12 +189,16 @@ pub fn table(headers: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// A Markdown (pipe) table: first column left-aligned, the others right-aligned; `|` in cells
-/// is escaped.
+/// A Markdown (pipe) table: a column is right-aligned when every cell in it reads as a figure
+/// (starts with a digit, a sign, `[` or is `—`), left-aligned otherwise; `|` in cells is
+/// escaped.
 pub fn md_table(headers: &[String], rows: &[Vec<String>]) -> String {
     let cell = |c: &String| c.replace('|', "\\|");
+    let figure = |c: &str| c == "—" || c.starts_with(|ch: char| ch.is_ascii_digit() || matches!(ch, '+' | '-' | '['));
+    let right: Vec<bool> =
+        (0..headers.len()).map(|i| !rows.is_empty() && rows.iter().all(|r| r.get(i).is_some_and(|c| figure(c)))).collect();
     let mut out = format!("| {} |\n", headers.iter().map(cell).collect::<Vec<_>>().join(" | "));
-    out.push_str(&format!("|{}|\n", (0..headers.len()).map(|i| if i == 0 { "---" } else { "---:" }).collect::<Vec<_>>().join("|")));
+    out.push_str(&format!("|{}|\n", right.iter().map(|&r| if r { "---:" } else { "---" }).collect::<Vec<_>>().join("|")));
     for r in rows {
         out.push_str(&format!("| {} |\n", r.iter().take(headers.len()).map(cell).collect::<Vec<_>>().join(" | ")));
     }
