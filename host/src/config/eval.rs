@@ -102,6 +102,8 @@ pub struct EvalConfig {
     pub seed: u64,
     /// The test set file (absolute).
     pub test_set: PathBuf,
+    /// The test set's sha256 (of the bytes the items were read from).
+    pub test_set_sha256: String,
     /// The test items, in file order.
     pub items: Vec<TestItem>,
     /// Gate significance level.
@@ -154,14 +156,14 @@ impl EvalConfig {
     /// The config as run: every path absolute, every default explicit, plugins and models
     /// pinned to what was loaded (`plugin_sha256`: base template, tuned template, critic;
     /// `models`: (path, sha256) of base and tuned).
-    pub fn resolved_toml(&self, plugin_sha256: &[String; 3], models: &[(PathBuf, String); 2], test_set_sha256: &str) -> String {
+    pub fn resolved_toml(&self, plugin_sha256: &[String; 3], models: &[(PathBuf, String); 2]) -> String {
         use toml::Value as V;
         let mut t = toml::Table::new();
         t.insert("run_id".into(), V::String(self.run_id.clone()));
         t.insert("artifacts_dir".into(), V::String(self.artifacts_dir.display().to_string()));
         t.insert("seed".into(), V::Integer(self.seed as i64));
         t.insert("test_set".into(), V::String(self.test_set.display().to_string()));
-        t.insert("test_set_sha256".into(), V::String(test_set_sha256.to_string()));
+        t.insert("test_set_sha256".into(), V::String(self.test_set_sha256.clone()));
         t.insert("alpha".into(), V::Float(self.alpha));
         t.insert("level".into(), V::Float(self.level));
         t.insert("batch_size".into(), V::Integer(self.batch_size as i64));
@@ -191,10 +193,13 @@ impl EvalConfig {
     }
 }
 
-/// Read and check a test set: JSON lines of typed instructions with unique ids.
-pub fn read_test_set(path: &Path, shown: &Path, cx_file: &str, field: &str) -> Result<Vec<TestItem>, ConfigError> {
+/// Read and check a test set: JSON lines of typed instructions with unique ids. Returns the
+/// items and the sha256 of the bytes they were read from.
+pub fn read_test_set(path: &Path, shown: &Path, cx_file: &str, field: &str) -> Result<(Vec<TestItem>, String), ConfigError> {
     let err = |why: String| ConfigError { file: cx_file.to_string(), field: field.to_string(), value: quoted(shown), why };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot be read ({}): {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot be read ({}): {e}", path.display())))?;
+    let sha256 = crate::provenance::sha256_hex(&bytes);
+    let text = String::from_utf8(bytes).map_err(|e| err(format!("is not UTF-8: {e}")))?;
     let mut items = Vec::new();
     let mut ids = HashSet::new();
     for (i, line) in text.lines().enumerate() {
@@ -220,7 +225,7 @@ pub fn read_test_set(path: &Path, shown: &Path, cx_file: &str, field: &str) -> R
     if items.is_empty() {
         return Err(err("holds no test items".into()));
     }
-    Ok(items)
+    Ok((items, sha256))
 }
 
 impl EvalFile {
@@ -275,16 +280,16 @@ impl EvalFile {
             stop_after_text: self.stop_after_text.unwrap_or(false),
         };
 
-        let (test_set, items) = match &ov.test_set {
+        let (test_set, (items, test_set_sha256)) = match &ov.test_set {
             Some(p) => {
                 let full = absolute(p);
-                let items = read_test_set(&full, p, "command line", "--test-set")?;
-                (full, items)
+                let read = read_test_set(&full, p, "command line", "--test-set")?;
+                (full, read)
             }
             None => {
                 let full = cx.path(&self.test_set);
-                let items = read_test_set(&full, &self.test_set, &cx.file, "test_set")?;
-                (full, items)
+                let read = read_test_set(&full, &self.test_set, &cx.file, "test_set")?;
+                (full, read)
             }
         };
 
@@ -304,6 +309,7 @@ impl EvalFile {
             artifacts_dir,
             seed: self.seed,
             test_set,
+            test_set_sha256,
             items,
             alpha,
             level,

@@ -462,8 +462,8 @@ impl PilotFile {
     pub fn validate(mut self, path: &Path, ov: &Overrides) -> Result<PilotConfig, ConfigError> {
         let base_dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let base_dir = absolute(base_dir);
-        let cx = Ctx { file: path.display().to_string(), base: &base_dir };
-        let cli = Ctx { file: "command line".to_string(), base: Path::new(".") };
+        let cx = Ctx::new(path.display().to_string(), &base_dir);
+        let cli = Ctx::new("command line".to_string(), Path::new("."));
 
         // Command-line values first; errors about them name the command line.
         let mut run_id_from_cli = false;

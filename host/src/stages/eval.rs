@@ -139,6 +139,11 @@ pub struct EvalOutcome {
     pub manifest: Manifest,
 }
 
+/// The critic's sample id of an arm's answer to an item.
+fn answer_id(item: &TestItem, arm: &str) -> String {
+    format!("{}@{arm}", item.id)
+}
+
 fn answer_from(c: Option<&RawCompletion>, problem: Option<String>) -> Answer {
     match c {
         Some(c) => Answer {
@@ -355,11 +360,9 @@ pub fn run(cfg: &EvalConfig, opts: &EvalOptions) -> Result<EvalOutcome, StageErr
     let engine_of = |k: usize| own[k].as_ref().map_or(&base_engine, |(e, _)| e);
     let guard_of = |k: usize| own[k].as_ref().map_or(&base_guard, |(_, g)| g);
 
-    let test_bytes = std::fs::read(&cfg.test_set).map_err(|source| crate::sandbox::FsError { action: "read", path: cfg.test_set.clone(), source })?;
-    let test_sha = sha256_hex(&test_bytes);
     let shas = [loaded[0].plugin.sha256.clone(), loaded[1].plugin.sha256.clone(), loaded[2].plugin.sha256.clone()];
     let models = [(engine_of(0).info.path.clone(), engine_of(0).info.sha256.clone()), (engine_of(1).info.path.clone(), engine_of(1).info.sha256.clone())];
-    let resolved = cfg.resolved_toml(&shas, &models, &test_sha);
+    let resolved = cfg.resolved_toml(&shas, &models);
     let run_dir = cfg.artifacts_dir.join(&cfg.run_id);
     let (run, state) = open_run(&run_dir, &cfg.run_id, "eval", &resolved, &mut timings)?;
     let mut log = vec![format!("[{}] kiln eval --config {}: invocation started", now(), file)];
@@ -427,7 +430,7 @@ pub fn run(cfg: &EvalConfig, opts: &EvalOptions) -> Result<EvalOutcome, StageErr
         for (i, it) in items.iter().enumerate() {
             if let Some(c) = answers[k].get(&i) {
                 samples.push(Sample {
-                    id: format!("{}@{}", it.id, arm.name),
+                    id: answer_id(it, arm.name),
                     instruction_type: it.instruction_type.clone(),
                     instruction: it.instruction.clone(),
                     response: c.text.clone(),
@@ -450,7 +453,7 @@ pub fn run(cfg: &EvalConfig, opts: &EvalOptions) -> Result<EvalOutcome, StageErr
         for (k, arm) in cfg.arms.iter().enumerate() {
             let mut a = answer_from(answers[k].get(&i), problems[k].get(&i).cloned());
             if answers[k].contains_key(&i) {
-                match judged.get(format!("{}@{}", it.id, arm.name).as_str()) {
+                match judged.get(answer_id(it, arm.name).as_str()) {
                     Some(s) => {
                         a.verdicts = s.verdicts.clone();
                         a.pass = !s.verdicts.is_empty() && s.verdicts.iter().all(|v| v.pass);
@@ -533,7 +536,7 @@ pub fn run(cfg: &EvalConfig, opts: &EvalOptions) -> Result<EvalOutcome, StageErr
         run_id: cfg.run_id.clone(),
         status: "complete".into(),
         started_at: state.started_at.clone(),
-        finished_at: now(),
+        finished_at: String::new(),
         kiln: build.clone(),
         environment: environment(),
         config_file: cfg.file.clone(),
@@ -549,7 +552,7 @@ pub fn run(cfg: &EvalConfig, opts: &EvalOptions) -> Result<EvalOutcome, StageErr
         files: out_files,
         source: None,
         arms,
-        test_set: Some(FileRecord { path: cfg.test_set.clone(), sha256: test_sha, records: items.len() }),
+        test_set: Some(FileRecord { path: cfg.test_set.clone(), sha256: cfg.test_set_sha256.clone(), records: items.len() }),
     };
     manifest.finished_at = now();
     let wall_seconds = wall.elapsed().as_secs_f64();
