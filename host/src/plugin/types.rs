@@ -389,12 +389,56 @@ impl WireSize for CleanOutcome {
     }
 }
 
-impl From<super::bindings::cleaner::exports::kiln::stages::cleaning::Outcome> for CleanOutcome {
+/// A cleaner's reply about one sample as it crosses the boundary: for a kept sample only what
+/// changed, applied by the host to its own copy with [`CleanReply::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CleanReply {
+    Keep { instruction: Option<String>, response: Option<String>, notes: Vec<(String, String)> },
+    Dropped { code: String, detail: String },
+}
+
+impl CleanReply {
+    /// The outcome for `sample`, the sample this reply is about.
+    pub(crate) fn apply(self, sample: &Sample) -> CleanOutcome {
+        match self {
+            CleanReply::Keep { instruction, response, notes } => {
+                let mut sample = sample.clone();
+                if let Some(i) = instruction {
+                    sample.instruction = i;
+                }
+                if let Some(r) = response {
+                    sample.response = r;
+                }
+                sample.metadata.extend(notes);
+                CleanOutcome::Keep { sample }
+            }
+            CleanReply::Dropped { code, detail } => CleanOutcome::Dropped { code, detail },
+        }
+    }
+}
+
+impl WireSize for CleanReply {
+    fn wire_size(&self) -> usize {
+        match self {
+            CleanReply::Keep { instruction, response, notes } => {
+                let text = |t: &Option<String>| t.as_ref().map_or(0, |t| t.len() + 8);
+                16 + text(instruction) + text(response) + notes.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>()
+            }
+            CleanReply::Dropped { code, detail } => 16 + code.len() + detail.len(),
+        }
+    }
+}
+
+impl From<super::bindings::cleaner::exports::kiln::stages::cleaning::Outcome> for CleanReply {
     fn from(o: super::bindings::cleaner::exports::kiln::stages::cleaning::Outcome) -> Self {
         use super::bindings::cleaner::exports::kiln::stages::cleaning::Outcome as O;
         match o {
-            O::Keep(s) => CleanOutcome::Keep { sample: s.into() },
-            O::Dropped(d) => CleanOutcome::Dropped { code: d.code, detail: d.detail },
+            O::Keep(e) => CleanReply::Keep {
+                instruction: e.instruction,
+                response: e.response,
+                notes: e.notes.into_iter().map(|n| (n.key, n.value)).collect(),
+            },
+            O::Dropped(d) => CleanReply::Dropped { code: d.code, detail: d.detail },
         }
     }
 }

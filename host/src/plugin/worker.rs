@@ -344,26 +344,13 @@ impl<'p> Worker<'p> {
         Ok(out)
     }
 
-    /// `cleaner.clean`.
+    /// `cleaner.clean`: the plugin's edits applied to copies of `samples`.
     pub fn clean(&mut self, samples: &[Sample]) -> Result<Vec<CleanOutcome>, PluginError> {
-        const CALL: &str = "clean";
-        let (ids, out) = self.per_record_call(World::Cleaner, CALL, samples, |b, s, w| match b {
+        let (_, out): (_, Vec<CleanReply>) = self.per_record_call(World::Cleaner, "clean", samples, |b, s, w| match b {
             Bindings::Cleaner(c) => c.kiln_stages_cleaning().call_clean(s, w),
             _ => unreachable!("world checked"),
         })?;
-        for (o, id) in out.iter().zip(&ids) {
-            if let CleanOutcome::Keep { sample } = o {
-                if &sample.id != id {
-                    return Err(self.contract(
-                        CALL,
-                        ids.clone(),
-                        FailureKind::Contract,
-                        format!("kept sample {id} under another id ({})", sample.id),
-                    ));
-                }
-            }
-        }
-        Ok(out)
+        Ok(out.into_iter().zip(samples).map(|(o, s)| o.apply(s)).collect())
     }
 
     /// `qc-rule.evaluate` over a whole set.

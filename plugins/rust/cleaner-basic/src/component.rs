@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 wit_bindgen::generate!({ path: "../../../wit", world: "cleaner" });
 
-use exports::kiln::stages::cleaning::{Drop, Guest, Outcome};
+use exports::kiln::stages::cleaning::{Drop, Edit, Guest, Outcome};
 use kiln::stages::types::{Entry, PluginError, PluginInfo, Sample};
 
 struct State {
@@ -55,20 +55,19 @@ impl Guest for Component {
         }
         let state = guard.as_ref().unwrap();
         let texts: Vec<crate::Texts> = samples
-            .iter()
-            .map(|s| crate::Texts { id: s.id.clone(), instruction: s.instruction.clone(), response: s.response.clone() })
+            .into_iter()
+            .map(|s| crate::Texts { id: s.id, instruction: s.instruction, response: s.response })
             .collect();
         let outcomes = crate::clean(&state.cfg, &state.reference, &texts);
-        Ok(samples
+        Ok(texts
             .into_iter()
             .zip(outcomes)
-            .map(|(mut s, o)| match o {
-                crate::Outcome::Keep { instruction, response, notes } => {
-                    s.instruction = instruction;
-                    s.response = response;
-                    s.metadata.extend(notes.into_iter().map(|(key, value)| Entry { key, value }));
-                    Outcome::Keep(s)
-                }
+            .map(|(t, o)| match o {
+                crate::Outcome::Keep { instruction, response, notes } => Outcome::Keep(Edit {
+                    instruction: (instruction != t.instruction).then_some(instruction),
+                    response: (response != t.response).then_some(response),
+                    notes: notes.into_iter().map(|(key, value)| Entry { key, value }).collect(),
+                }),
                 crate::Outcome::Drop { code, detail } => Outcome::Dropped(Drop { code, detail }),
             })
             .collect())

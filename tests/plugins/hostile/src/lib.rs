@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 wit_bindgen::generate!({ path: "../../../wit", world: "cleaner" });
 
-use exports::kiln::stages::cleaning::{Guest, Outcome};
+use exports::kiln::stages::cleaning::{Edit, Guest, Outcome};
 use kiln::stages::types::{Entry, PluginError, PluginInfo, Sample};
 
 static MODE: Mutex<(String, bool)> = Mutex::new((String::new(), false));
@@ -84,7 +84,7 @@ fn misbehave(mode: &str, s: &mut Sample) -> Option<Outcome> {
         "wrong-count" => return None,
         other => panic!("unknown hostile mode {other}"),
     }
-    Some(Outcome::Keep(s.clone()))
+    Some(Outcome::Keep(Edit { instruction: None, response: Some(s.response.clone()), notes: s.metadata.clone() }))
 }
 
 struct Component;
@@ -119,7 +119,7 @@ impl Guest for Component {
                     None => continue,
                 }
             } else {
-                out.push(Outcome::Keep(s));
+                out.push(Outcome::Keep(Edit { instruction: None, response: None, notes: vec![] }));
             }
         }
         Ok(out)
