@@ -15,3 +15,4 @@ pub mod provenance;
 pub mod sandbox;
 pub mod stages;
 pub mod stats;
+pub mod train;

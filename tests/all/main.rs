@@ -14,3 +14,4 @@ mod pilot;
 mod eval;
 mod real_model;
 mod fetch;
+mod train;

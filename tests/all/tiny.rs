@@ -26,6 +26,8 @@ pub struct Tiny {
     pub sliding_window: Option<usize>,
     pub sliding_pattern: usize,
     pub dtype: GgmlDType,
+    /// The (tied) embedding's type.
+    pub embed_dtype: GgmlDType,
     pub seed: u64,
     pub eos: u32,
     pub chat_template: Option<String>,
@@ -44,6 +46,7 @@ impl Tiny {
             sliding_window: Some(8),
             sliding_pattern: 3,
             dtype: GgmlDType::Q8_0,
+            embed_dtype: GgmlDType::Q8_0,
             seed: 1,
             eos: 1,
             chat_template: None,
@@ -181,7 +184,7 @@ pub fn write(t: &Tiny, path: &Path) {
         (name, QTensor::quantize(&w, GgmlDType::F32).unwrap())
     };
     // Small embeddings: the output projection is tied, and moderate logits keep sampling diverse.
-    tensors.push(q("token_embd.weight".into(), (vocab, t.hidden), 0.15, GgmlDType::Q8_0));
+    tensors.push(q("token_embd.weight".into(), (vocab, t.hidden), 0.15, t.embed_dtype));
     tensors.push(norm("output_norm.weight".into(), t.hidden, 7));
     let qd = t.heads * t.head_dim;
     let kd = t.kv_heads * t.head_dim;

@@ -1,0 +1,171 @@
+//! The frozen quantized base as differentiable operations: a matmul whose backward pass gives
+//! the gradient of its input (candle's `QMatMul` has none), and the language-model head fused
+//! with the cross-entropy loss so that the (tokens x vocabulary) logits never exist whole.
+//!
+//! Both dequantize the frozen weight for the backward pass (and the head for the forward pass
+//! too) in tiles of whole rows, so memory stays at one tile however large the matrix.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, QTensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+
+type Result<T> = candle_core::Result<T>;
+
+/// Rows of a weight dequantized at once: about 16 M values (64 MiB of f32).
+const TILE_VALUES: usize = 16 << 20;
+
+/// Rows `[start, start + len)` of a quantized (rows, cols) matrix, dequantized to f32.
+fn dequantize_rows(w: &QTensor, start: usize, len: usize) -> Result<Tensor> {
+    let (rows, cols) = w.shape().dims2()?;
+    if start == 0 && len == rows {
+        return w.dequantize(&Device::Cpu);
+    }
+    let dtype = w.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let data = w.data()?;
+    let part = qtensor_from_ggml(dtype, &data[start * row_bytes..(start + len) * row_bytes], vec![len, cols], &Device::Cpu)?;
+    part.dequantize(&Device::Cpu)
+}
+
+/// Row tiles `(start, len)` covering a (rows, cols) matrix.
+fn tiles(rows: usize, cols: usize) -> impl Iterator<Item = (usize, usize)> {
+    let step = (TILE_VALUES / cols.max(1)).clamp(1, rows.max(1));
+    (0..rows).step_by(step).map(move |s| (s, step.min(rows - s)))
+}
+
+/// `g W` for g: (n, rows) and the quantized W: (rows, cols), tile by tile.
+fn times_weight(g: &Tensor, w: &QTensor) -> Result<Tensor> {
+    let (rows, cols) = w.shape().dims2()?;
+    let mut acc: Option<Tensor> = None;
+    for (s, len) in tiles(rows, cols) {
+        let part = g.narrow(1, s, len)?.contiguous()?.matmul(&dequantize_rows(w, s, len)?)?;
+        acc = Some(match acc {
+            None => part,
+            Some(a) => (a + part)?,
+        });
+    }
+    acc.ok_or_else(|| candle_core::Error::Msg("an empty weight matrix".into()))
+}
+
+/// `x W^T` with a frozen quantized W: (out, in); the backward pass gives `dL/dx = dL/dy W`
+/// (straight through the activation quantization the forward kernel applies).
+pub struct FrozenMatMul(pub Arc<QTensor>);
+
+impl CustomOp1 for FrozenMatMul {
+    fn name(&self) -> &'static str {
+        "kiln-frozen-qmatmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.cpu_fwd(storage, layout)
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dims = grad.dims().to_vec();
+        let out = *dims.last().expect("a matmul result has a last dimension");
+        let g = grad.reshape(((), out))?;
+        let gx = times_weight(&g, &self.0)?;
+        let mut shape = dims;
+        *shape.last_mut().unwrap() = gx.dim(1)?;
+        Ok(Some(gx.reshape(shape)?))
+    }
+}
+
+/// Per-token negative log-likelihood of `targets` under the head `softmax(h W^T)`, for
+/// h: (n, hidden) and the quantized head W: (vocabulary, hidden). The forward pass keeps each
+/// row's log-sum-exp for the backward pass, which recomputes the logits tile by tile.
+pub struct HeadNll {
+    w: Arc<QTensor>,
+    targets: Vec<u32>,
+    lse: Mutex<Vec<f32>>,
+}
+
+impl HeadNll {
+    /// The loss of one target per row.
+    pub fn new(w: Arc<QTensor>, targets: Vec<u32>) -> HeadNll {
+        HeadNll { w, targets, lse: Mutex::new(Vec::new()) }
+    }
+
+    fn input(&self, storage: &CpuStorage, layout: &Layout) -> Result<Tensor> {
+        let (n, d) = layout.shape().dims2()?;
+        if n != self.targets.len() {
+            candle_core::bail!("{n} hidden rows for {} targets", self.targets.len());
+        }
+        let x = match layout.contiguous_offsets() {
+            Some((a, b)) => &storage.as_slice::<f32>()?[a..b],
+            None => candle_core::bail!("the head's input is not contiguous"),
+        };
+        Tensor::from_slice(x, (n, d), &Device::Cpu)
+    }
+}
+
+impl CustomOp1 for HeadNll {
+    fn name(&self) -> &'static str {
+        "kiln-head-nll"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let h = self.input(storage, layout)?;
+        let (n, _) = h.dims2()?;
+        let (vocab, cols) = self.w.shape().dims2()?;
+        if let Some(&t) = self.targets.iter().find(|&&t| t as usize >= vocab) {
+            candle_core::bail!("target token {t} is outside the vocabulary of {vocab}");
+        }
+        // Running (max, sum of exp) per row over the vocabulary tiles, and the target's logit.
+        let mut max = vec![f32::NEG_INFINITY; n];
+        let mut sum = vec![0f64; n];
+        let mut target = vec![0f32; n];
+        for (s, len) in tiles(vocab, cols) {
+            let logits = h.matmul(&dequantize_rows(&self.w, s, len)?.t()?)?.to_vec2::<f32>()?;
+            for (i, row) in logits.iter().enumerate() {
+                let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                if m > max[i] {
+                    sum[i] *= ((max[i] - m) as f64).exp();
+                    max[i] = m;
+                }
+                sum[i] += row.iter().map(|&z| ((z - max[i]) as f64).exp()).sum::<f64>();
+                let t = self.targets[i] as usize;
+                if (s..s + len).contains(&t) {
+                    target[i] = row[t - s];
+                }
+            }
+        }
+        let lse: Vec<f32> = (0..n).map(|i| (max[i] as f64 + sum[i].ln()) as f32).collect();
+        let nll: Vec<f32> = (0..n).map(|i| lse[i] - target[i]).collect();
+        *self.lse.lock().unwrap() = lse;
+        Ok((CpuStorage::F32(nll), Shape::from(n)))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let h = arg.detach().contiguous()?;
+        let (n, _) = h.dims2()?;
+        let lse = self.lse.lock().unwrap().clone();
+        if lse.len() != n {
+            candle_core::bail!("the head's backward pass ran before its forward pass");
+        }
+        let g = grad.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let (vocab, cols) = self.w.shape().dims2()?;
+        let mut acc: Option<Tensor> = None;
+        for (s, len) in tiles(vocab, cols) {
+            let w = dequantize_rows(&self.w, s, len)?;
+            // d nll_i / d logit_ij = softmax_ij - [j = target_i], times the incoming gradient.
+            let mut p = h.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+            for (i, row) in p.chunks_exact_mut(len).enumerate() {
+                for z in row.iter_mut() {
+                    *z = (*z - lse[i]).exp() * g[i];
+                }
+                let t = self.targets[i] as usize;
+                if (s..s + len).contains(&t) {
+                    row[t - s] -= g[i];
+                }
+            }
+            let part = Tensor::from_vec(p, (n, len), &Device::Cpu)?.matmul(&w)?;
+            acc = Some(match acc {
+                None => part,
+                Some(a) => (a + part)?,
+            });
+        }
+        Ok(acc)
+    }
+}
