@@ -260,3 +260,21 @@ fn peft_files_round_trip_with_hugging_face_row_order() {
         assert!(err.contains("adapter_model.safetensors"), "{err}");
     }
 }
+
+#[test]
+fn attached_adapters_give_the_engine_the_training_log_probs() {
+    let exact = Tiny { dtype: GgmlDType::F32, embed_dtype: GgmlDType::F32, ..Tiny::llama() };
+    let (_d, path) = tiny_file(&exact);
+    let mut e = Engine::load(&path, &LoadOptions::default()).unwrap();
+    let m = BaseModel::load(&path).unwrap();
+    let a = perturbed(&m.cfg, &lora(4, 0.0), 21);
+    let ex = &examples(&e)[2];
+    let b = collate(&[ex], 0);
+    let trained = m.log_probs(&b, Some(&a)).unwrap().to_vec2::<f32>().unwrap();
+    let before = engine_log_probs(&e, &b.ids);
+    a.attach(&mut e.model).unwrap();
+    let after = engine_log_probs(&e, &b.ids);
+    let diff = |x: &[Vec<f32>], y: &[Vec<f32>]| x.iter().flatten().zip(y.iter().flatten()).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    assert!(diff(&trained, &after) < 1e-3, "engine with adapter vs training: {}", diff(&trained, &after));
+    assert!(diff(&before, &after) > 1e-2, "the adapter changed nothing in the engine");
+}

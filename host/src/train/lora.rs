@@ -303,3 +303,34 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)], metadata: Option<HashMap<
         .collect();
     safetensors::serialize(views, metadata).map_err(|e| TrainError::Io(format!("safetensors: {e}")))
 }
+
+impl Adapters {
+    /// Attach (unmerged) to the engine's model, replacing any adapter already there: its
+    /// projections then compute `x W^T + scale * x A^T B^T`.
+    pub fn attach(&self, model: &mut crate::model::Model) -> Result<(), TrainError> {
+        for layer in model.layers.iter_mut() {
+            for name in MODULES {
+                if let Some(lin) = layer.projection_mut(name) {
+                    lin.adapter = None;
+                }
+            }
+        }
+        for (&(l, m), p) in &self.pairs {
+            let layer = model.layers.get_mut(l).ok_or_else(|| TrainError::Config(format!("adapter for layer {l} on a model of fewer layers")))?;
+            let lin = layer.projection_mut(MODULES[m]).expect("a known module");
+            let (a, b) = (p.a.as_tensor().detach(), p.b.as_tensor().detach());
+            if a.dims2()? != (self.config.r, lin.in_features) || b.dims2()? != (lin.out_features, self.config.r) {
+                return Err(TrainError::Config(format!(
+                    "adapter {} of layer {l} is {:?} x {:?}, the projection is {} -> {}",
+                    MODULES[m],
+                    a.dims(),
+                    b.dims(),
+                    lin.in_features,
+                    lin.out_features
+                )));
+            }
+            lin.adapter = Some(crate::model::transformer::LoraAdapter { a, b, scale: self.config.scale() });
+        }
+        Ok(())
+    }
+}
