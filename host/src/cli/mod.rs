@@ -10,6 +10,7 @@ use crate::stages::progress::Progress;
 
 pub mod compare;
 pub mod eval;
+pub mod train;
 pub mod model;
 pub mod pilot;
 pub mod plugin;
@@ -36,6 +37,8 @@ pub enum Command {
     Compare(compare::CompareCommand),
     /// Paired evaluation of two arms (base and tuned) on a test set, judged by a critic.
     Eval(eval::EvalCommand),
+    /// QLoRA training on a gated dataset: a PEFT-format adapter, resumable.
+    Train(train::TrainCommand),
     /// Work with models: fetch, inspect, tokenize, generate, score.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -55,6 +58,7 @@ impl Cli {
             Command::Replay(c) => c.execute(),
             Command::Compare(c) => c.execute(),
             Command::Eval(c) => c.execute(),
+            Command::Train(c) => c.execute(),
             Command::Model(c) => c.execute(),
             Command::Plugin(c) => c.execute(),
             Command::Stats(c) => c.execute(),

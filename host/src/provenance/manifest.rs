@@ -257,6 +257,27 @@ pub struct Manifest {
     /// For an eval: the test set.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub test_set: Option<FileRecord>,
+    /// For a training run: the dataset it trained on (a file of a gated run).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dataset: Option<DatasetRecord>,
+    /// For a training run: its settings, split and losses.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub training: Option<serde_json::Value>,
+}
+
+/// The dataset a training run used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetRecord {
+    /// The run that produced it.
+    pub run_id: String,
+    /// Its folder.
+    pub run_dir: PathBuf,
+    /// The file, relative to the folder.
+    pub file: String,
+    /// The file's sha256 (as its run's manifest records it).
+    pub sha256: String,
+    /// Examples in it.
+    pub records: usize,
 }
 
 /// One arm of an eval: what produced its answers.

@@ -120,20 +120,104 @@ pub fn grouped_rates_png(title: &str, y_label: &str, series: &[&str], groups: &[
         }
         root.present().map_err(|e| err(e.to_string()))?;
     }
+    encode(&buf, size).map_err(err)
+}
+
+/// RGB pixels as PNG bytes.
+fn encode(buf: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, w, h);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header().map_err(|e| err(e.to_string()))?;
-        writer.write_image_data(&buf).map_err(|e| err(e.to_string()))?;
+        let mut writer = enc.write_header().map_err(|e| e.to_string())?;
+        writer.write_image_data(buf).map_err(|e| e.to_string())?;
     }
     Ok(out)
+}
+
+/// One line of a line chart: its legend name, its points, and whether to mark each point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    /// Legend name.
+    pub name: String,
+    /// (x, y) points in x order.
+    pub points: Vec<(f64, f64)>,
+    /// Draw a dot on every point (for sparse series such as validation losses).
+    pub dots: bool,
+}
+
+/// Lines over a shared x axis (e.g. training and validation loss per step).
+pub fn lines_png(title: &str, x_label: &str, y_label: &str, lines: &[Line], size: (u32, u32)) -> Result<Vec<u8>, ChartError> {
+    let err = |message: String| ChartError { title: title.to_string(), message };
+    font().map_err(err)?;
+    let all: Vec<(f64, f64)> = lines.iter().flat_map(|l| l.points.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+    if all.is_empty() {
+        return Err(err("no finite points to draw".into()));
+    }
+    let (x0, x1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &(x, _)| (a.min(x), b.max(x)));
+    let (y0, y1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &(_, y)| (a.min(y), b.max(y)));
+    let pad = ((y1 - y0) * 0.08).max(1e-3);
+    let (x1, y0, y1) = (if x1 > x0 { x1 } else { x0 + 1.0 }, (y0 - pad).max(0.0), y1 + pad);
+    let (w, h) = size;
+    let mut buf = vec![0u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(18)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| err(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 16))
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        let palette = [RGBColor(0x4c, 0x72, 0xb0), RGBColor(0xdd, 0x84, 0x52), RGBColor(0x55, 0xa8, 0x68), RGBColor(0xc4, 0x4e, 0x52)];
+        for (i, line) in lines.iter().enumerate() {
+            let color = palette[i % palette.len()];
+            let pts: Vec<(f64, f64)> = line.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| err(e.to_string()))?
+                .label(line.name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3)));
+            if line.dots {
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    encode(&buf, size).map_err(err)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_chart_is_a_png_and_refuses_nothing_to_draw() {
+        let train = Line { name: "train".into(), points: (1..=20).map(|s| (s as f64, 3.0 / s as f64)).collect(), dots: false };
+        let val = Line { name: "validation".into(), points: vec![(0.0, 3.2), (10.0, 1.1), (20.0, 0.9)], dots: true };
+        let png = lines_png("loss", "step", "nats per token", &[train, val], (640, 400)).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        let empty = Line { name: "x".into(), points: vec![(1.0, f64::NAN)], dots: false };
+        assert!(lines_png("loss", "step", "nats", &[empty], (640, 400)).unwrap_err().to_string().contains("no finite points"));
+    }
 
     #[test]
     fn a_chart_is_a_png_with_bars_drawn() {

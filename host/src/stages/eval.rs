@@ -553,6 +553,8 @@ pub fn run(cfg: &EvalConfig, opts: &EvalOptions) -> Result<EvalOutcome, StageErr
         source: None,
         arms,
         test_set: Some(FileRecord { path: cfg.test_set.clone(), sha256: cfg.test_set_sha256.clone(), records: items.len() }),
+        dataset: None,
+        training: None,
     };
     manifest.finished_at = now();
     let wall_seconds = wall.elapsed().as_secs_f64();

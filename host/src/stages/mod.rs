@@ -38,6 +38,7 @@ pub mod records;
 pub mod replay;
 pub mod report;
 pub mod seeds;
+pub mod train;
 
 pub use error::StageError;
 

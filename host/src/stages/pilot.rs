@@ -602,6 +602,8 @@ pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, Stage
         source: None,
         arms: vec![],
         test_set: None,
+        dataset: None,
+        training: None,
     };
     let quarantine_files: Vec<String> = loaded.iter().filter(|l| l.role != "qc-rule").map(|l| l.quarantine.clone()).collect();
     let mut quarantined = processed.quarantined.clone();

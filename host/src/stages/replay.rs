@@ -312,6 +312,8 @@ pub fn replay(source: &Path, cfg: &PilotConfig, opts: &ReplayOptions) -> Result<
         }),
         arms: vec![],
         test_set: None,
+        dataset: None,
+        training: None,
     };
     let quarantine_files: Vec<String> = loaded.iter().filter(|l| l.role != "qc-rule").map(|l| l.quarantine.clone()).collect();
     let quarantined = processed.quarantined.clone();

@@ -48,8 +48,8 @@ fn times_weight(g: &Tensor, w: &QTensor) -> Result<Tensor> {
     acc.ok_or_else(|| candle_core::Error::Msg("an empty weight matrix".into()))
 }
 
-/// `x W^T` with a frozen quantized W: (out, in); the backward pass gives `dL/dx = dL/dy W`
-/// (straight through the activation quantization the forward kernel applies).
+/// `x W^T` with a frozen quantized W: (out, in), computed in f32 from the dequantized weight;
+/// the backward pass gives `dL/dx = dL/dy W`.
 pub struct FrozenMatMul(pub Arc<QTensor>);
 
 impl CustomOp1 for FrozenMatMul {
@@ -58,7 +58,28 @@ impl CustomOp1 for FrozenMatMul {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.0.cpu_fwd(storage, layout)
+        // Training passes many rows at once: dequantizing the weight (tile by tile) and using
+        // the f32 matrix kernel is faster than the quantized dot products, and exact.
+        let dims = layout.shape().dims().to_vec();
+        let k = *dims.last().ok_or_else(|| candle_core::Error::Msg("a matmul input has a last dimension".into()))?;
+        let n = layout.shape().elem_count() / k.max(1);
+        let x = match layout.contiguous_offsets() {
+            Some((a, b)) => Tensor::from_slice(&storage.as_slice::<f32>()?[a..b], (n, k), &Device::Cpu)?,
+            None => candle_core::bail!("the frozen matmul's input is not contiguous"),
+        };
+        let (rows, cols) = self.0.shape().dims2()?;
+        if cols != k {
+            candle_core::bail!("input of width {k} for a weight of {rows} x {cols}");
+        }
+        let mut parts = Vec::new();
+        for (s, len) in tiles(rows, cols) {
+            parts.push(x.matmul(&dequantize_rows(&self.0, s, len)?.t()?)?);
+        }
+        let y = if parts.len() == 1 { parts.pop().expect("one part") } else { Tensor::cat(&parts, 1)? };
+        let mut shape = dims;
+        *shape.last_mut().expect("checked") = rows;
+        let values = y.flatten_all()?.to_vec1::<f32>()?;
+        Ok((CpuStorage::F32(values), Shape::from(shape)))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, QTensor};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 
 use crate::model::{Arch, ModelConfig, ModelError};
 
@@ -68,6 +68,15 @@ pub struct Dropout {
     pub p: f64,
     /// Seed of this forward pass's masks.
     pub seed: u64,
+}
+
+/// What every block of one batch shares.
+struct Shared {
+    rows: usize,
+    len: usize,
+    global: (Tensor, Tensor),
+    local: (Tensor, Tensor),
+    masks: Vec<(Option<usize>, Tensor)>,
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
@@ -203,8 +212,8 @@ impl BaseModel {
         y + (delta * scale)?
     }
 
-    /// Hidden states after the final norm, (rows * len, hidden).
-    pub fn hidden(&self, batch: &Batch, adapters: Option<&Adapters>, dropout: Option<Dropout>) -> Result<Tensor, TrainError> {
+    /// The batch's embeddings and what every block needs: rotary tables and masks.
+    fn prepare(&self, batch: &Batch) -> Result<(Tensor, Shared), TrainError> {
         let cfg = &self.cfg;
         let (b, t) = (batch.rows, batch.len);
         if batch.ids.len() != b * t || batch.labels.len() != b * t {
@@ -213,84 +222,144 @@ impl BaseModel {
         if let Some(&bad) = batch.ids.iter().find(|&&i| i as usize >= cfg.vocab) {
             return Err(TrainError::Config(format!("token id {bad} is outside the vocabulary of {}", cfg.vocab)));
         }
-        let n = b * t;
-        let (hd, nh, nkv) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
-        let ids = Tensor::from_slice(&batch.ids, n, &Device::Cpu)?;
+        let ids = Tensor::from_slice(&batch.ids, b * t, &Device::Cpu)?;
         let mut x = self.embed.embedding(&ids)?;
         if cfg.arch == Arch::Gemma3 {
             x = (x * (cfg.hidden as f64).sqrt())?;
         }
-        let global = self.rope_tables(cfg.rope_base, t)?;
-        let local = self.rope_tables(cfg.rope_base_local, t)?;
         let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
-        for (l, blk) in self.blocks.iter().enumerate() {
-            let drop = |m: usize| dropout.map(|d| Dropout { p: d.p, seed: SplitMix::at(d.seed, &[l as u64, m as u64]).next_u64() });
-            let h = rms_norm(&x, &blk.attn_norm, cfg.eps)?;
-            let mut q = self.project(l, 0, &h, adapters, drop(0))?.reshape((b, t, nh, hd))?;
-            let mut k = self.project(l, 1, &h, adapters, drop(1))?.reshape((b, t, nkv, hd))?;
-            let v = self.project(l, 2, &h, adapters, drop(2))?.reshape((b, t, nkv, hd))?;
-            if let (Some(qn), Some(kn)) = (&blk.q_norm, &blk.k_norm) {
-                q = rms_norm(&q, qn, cfg.eps)?;
-                k = rms_norm(&k, kn, cfg.eps)?;
+        for blk in &self.blocks {
+            if !masks.iter().any(|(w, _)| *w == blk.window) {
+                masks.push((blk.window, Self::mask(t, blk.window)?));
             }
-            let (cos, sin) = if blk.local_rope { &local } else { &global };
-            let q = self.rope(&q, cos, sin)?.transpose(1, 2)?.contiguous()?;
-            let k = self.rope(&k, cos, sin)?.transpose(1, 2)?;
-            let v = v.transpose(1, 2)?;
-            let group = nh / nkv;
-            let expand = |z: Tensor| -> candle_core::Result<Tensor> {
-                if group == 1 {
-                    return z.contiguous();
-                }
-                z.unsqueeze(2)?.expand((b, nkv, group, t, hd))?.reshape((b, nh, t, hd))
-            };
-            let (k, v) = (expand(k)?, expand(v)?);
-            let mask = match masks.iter().find(|(w, _)| *w == blk.window) {
-                Some((_, m)) => m.clone(),
-                None => {
-                    let m = Self::mask(t, blk.window)?;
-                    masks.push((blk.window, m.clone()));
-                    m
-                }
-            };
-            let scores = (q.matmul(&k.t()?)? * cfg.attn_scale as f64)?.broadcast_add(&mask)?;
-            let att = softmax(&scores)?.matmul(&v)?;
-            let att = att.transpose(1, 2)?.reshape((n, nh * hd))?;
-            let mut a = self.project(l, 3, &att, adapters, drop(3))?;
-            if let Some(pn) = &blk.post_attn_norm {
-                a = rms_norm(&a, pn, cfg.eps)?;
-            }
-            x = (x + a)?;
-            let h = rms_norm(&x, &blk.ffn_norm, cfg.eps)?;
-            let g = self.project(l, 4, &h, adapters, drop(4))?;
-            let u = self.project(l, 5, &h, adapters, drop(5))?;
-            let act = match cfg.arch {
-                Arch::Gemma3 => g.gelu()?,
-                Arch::Llama => candle_nn::ops::silu(&g)?,
-            };
-            let mut m = self.project(l, 6, &(act * u)?, adapters, drop(6))?;
-            if let Some(pn) = &blk.post_ffn_norm {
-                m = rms_norm(&m, pn, cfg.eps)?;
-            }
-            x = (x + m)?;
         }
-        Ok(rms_norm(&x, &self.final_norm, cfg.eps)?)
+        let shared = Shared { rows: b, len: t, global: self.rope_tables(cfg.rope_base, t)?, local: self.rope_tables(cfg.rope_base_local, t)?, masks };
+        Ok((x, shared))
+    }
+
+    /// Block `l` on x: (rows * len, hidden).
+    fn block(&self, l: usize, x: &Tensor, sh: &Shared, adapters: Option<&Adapters>, dropout: Option<Dropout>) -> candle_core::Result<Tensor> {
+        let cfg = &self.cfg;
+        let blk = &self.blocks[l];
+        let (b, t) = (sh.rows, sh.len);
+        let n = b * t;
+        let (hd, nh, nkv) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
+        let drop = |m: usize| dropout.map(|d| Dropout { p: d.p, seed: SplitMix::at(d.seed, &[l as u64, m as u64]).next_u64() });
+        let h = rms_norm(x, &blk.attn_norm, cfg.eps)?;
+        let mut q = self.project(l, 0, &h, adapters, drop(0))?.reshape((b, t, nh, hd))?;
+        let mut k = self.project(l, 1, &h, adapters, drop(1))?.reshape((b, t, nkv, hd))?;
+        let v = self.project(l, 2, &h, adapters, drop(2))?.reshape((b, t, nkv, hd))?;
+        if let (Some(qn), Some(kn)) = (&blk.q_norm, &blk.k_norm) {
+            q = rms_norm(&q, qn, cfg.eps)?;
+            k = rms_norm(&k, kn, cfg.eps)?;
+        }
+        let (cos, sin) = if blk.local_rope { &sh.local } else { &sh.global };
+        let q = self.rope(&q, cos, sin)?.transpose(1, 2)?.contiguous()?;
+        let k = self.rope(&k, cos, sin)?.transpose(1, 2)?;
+        let v = v.transpose(1, 2)?;
+        let group = nh / nkv;
+        let expand = |z: Tensor| -> candle_core::Result<Tensor> {
+            if group == 1 {
+                return z.contiguous();
+            }
+            z.unsqueeze(2)?.expand((b, nkv, group, t, hd))?.reshape((b, nh, t, hd))
+        };
+        let (k, v) = (expand(k)?, expand(v)?);
+        let mask = &sh.masks.iter().find(|(w, _)| *w == blk.window).expect("a mask per window").1;
+        let scores = (q.matmul(&k.t()?)? * cfg.attn_scale as f64)?.broadcast_add(mask)?;
+        let att = softmax(&scores)?.matmul(&v)?;
+        let att = att.transpose(1, 2)?.reshape((n, nh * hd))?;
+        let mut a = self.project(l, 3, &att, adapters, drop(3))?;
+        if let Some(pn) = &blk.post_attn_norm {
+            a = rms_norm(&a, pn, cfg.eps)?;
+        }
+        let x = (x + a)?;
+        let h = rms_norm(&x, &blk.ffn_norm, cfg.eps)?;
+        let g = self.project(l, 4, &h, adapters, drop(4))?;
+        let u = self.project(l, 5, &h, adapters, drop(5))?;
+        let act = match cfg.arch {
+            Arch::Gemma3 => g.gelu()?,
+            Arch::Llama => candle_nn::ops::silu(&g)?,
+        };
+        let mut m = self.project(l, 6, &(act * u)?, adapters, drop(6))?;
+        if let Some(pn) = &blk.post_ffn_norm {
+            m = rms_norm(&m, pn, cfg.eps)?;
+        }
+        x + m
+    }
+
+    /// Hidden states after the final norm, (rows * len, hidden).
+    pub fn hidden(&self, batch: &Batch, adapters: Option<&Adapters>, dropout: Option<Dropout>) -> Result<Tensor, TrainError> {
+        let (mut x, sh) = self.prepare(batch)?;
+        for l in 0..self.blocks.len() {
+            x = self.block(l, &x, &sh, adapters, dropout)?;
+        }
+        Ok(rms_norm(&x, &self.final_norm, self.cfg.eps)?)
+    }
+
+    /// The summed NLL of the labelled positions of `h` (hidden after the final norm).
+    fn head_nll(&self, h: &Tensor, batch: &Batch) -> Result<(Tensor, usize), TrainError> {
+        let (rows, targets): (Vec<u32>, Vec<u32>) =
+            batch.labels.iter().enumerate().filter_map(|(i, l)| l.map(|t| (i as u32, t))).unzip();
+        if rows.is_empty() {
+            return Ok(((h.sum_all()? * 0.0)?, 0));
+        }
+        let idx = Tensor::from_vec(rows, targets.len(), &Device::Cpu)?;
+        let picked = h.index_select(&idx, 0)?.contiguous()?;
+        let n = targets.len();
+        let nll = picked.apply_op1(HeadNll::new(self.head.clone(), targets))?;
+        Ok((nll.sum_all()?, n))
+    }
+
+    /// The summed NLL (as a number), the positions it covers, and the gradients of
+    /// `scale * NLL` for every adapter tensor (in [`Adapters::vars`] order), with activation
+    /// checkpointing: the forward pass keeps only each block's input, and the backward pass
+    /// recomputes one block at a time, so memory holds one block's graph instead of all.
+    pub fn nll_backward(&self, batch: &Batch, adapters: &Adapters, dropout: Option<Dropout>, scale: f64) -> Result<(f64, usize, Vec<Vec<f32>>), TrainError> {
+        let (x0, sh) = self.prepare(batch)?;
+        let mut inputs = vec![x0];
+        for l in 0..self.blocks.len() {
+            let y = self.block(l, inputs.last().expect("one input"), &sh, Some(adapters), dropout)?.detach();
+            inputs.push(y);
+        }
+        let vars = adapters.vars();
+        let mut grads: Vec<Vec<f32>> = vars.iter().map(|v| vec![0f32; v.elem_count()]).collect();
+        let last = candle_core::Var::from_tensor(inputs.last().expect("one output"))?;
+        let h = rms_norm(last.as_tensor(), &self.final_norm, self.cfg.eps)?;
+        let (nll, n) = self.head_nll(&h, batch)?;
+        let total = nll.to_scalar::<f32>()? as f64;
+        if n == 0 {
+            return Ok((0.0, 0, grads));
+        }
+        let store = (nll * scale)?.backward()?;
+        let mut upstream = store.get(last.as_tensor()).cloned().ok_or_else(|| TrainError::Config("no gradient reached the last block".into()))?;
+        let index: std::collections::HashMap<(usize, usize), usize> = adapters.pairs.keys().enumerate().map(|(i, k)| (*k, 2 * i)).collect();
+        for l in (0..self.blocks.len()).rev() {
+            let input = candle_core::Var::from_tensor(&inputs[l])?;
+            let y = self.block(l, input.as_tensor(), &sh, Some(adapters), dropout)?;
+            let store = (y * &upstream)?.sum_all()?.backward()?;
+            for m in 0..MODULES.len() {
+                let (Some(&i), Some(pair)) = (index.get(&(l, m)), adapters.pairs.get(&(l, m))) else { continue };
+                for (j, var) in [&pair.a, &pair.b].into_iter().enumerate() {
+                    if let Some(g) = store.get(var.as_tensor()) {
+                        for (acc, v) in grads[i + j].iter_mut().zip(g.flatten_all()?.to_vec1::<f32>()?) {
+                            *acc += v;
+                        }
+                    }
+                }
+            }
+            if l > 0 {
+                upstream = store.get(input.as_tensor()).cloned().ok_or_else(|| TrainError::Config(format!("no gradient reached block {l}'s input")))?;
+            }
+        }
+        Ok((total, n, grads))
     }
 
     /// Summed negative log-likelihood of the batch's labelled positions (a scalar that carries
     /// gradients to the adapters) and how many positions it covers.
     pub fn nll(&self, batch: &Batch, adapters: Option<&Adapters>, dropout: Option<Dropout>) -> Result<(Tensor, usize), TrainError> {
         let hidden = self.hidden(batch, adapters, dropout)?;
-        let (rows, targets): (Vec<u32>, Vec<u32>) =
-            batch.labels.iter().enumerate().filter_map(|(i, l)| l.map(|t| (i as u32, t))).unzip();
-        if rows.is_empty() {
-            return Ok((Tensor::zeros((), DType::F32, &Device::Cpu)?, 0));
-        }
-        let idx = Tensor::from_vec(rows, targets.len(), &Device::Cpu)?;
-        let picked = hidden.index_select(&idx, 0)?.contiguous()?;
-        let n = targets.len();
-        let nll = picked.apply_op1(HeadNll::new(self.head.clone(), targets))?;
-        Ok((nll.sum_all()?, n))
+        self.head_nll(&hidden, batch)
     }
 
     /// Log-probabilities (rows * len, vocabulary) of every position, for checks against the

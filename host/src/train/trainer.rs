@@ -250,15 +250,11 @@ pub fn train(
             tokens += batch.ids.len();
             let dropout = (opts.lora.lora_dropout > 0.0)
                 .then(|| Dropout { p: opts.lora.lora_dropout, seed: SplitMix::at(opts.seed, &[0xD80, step as u64, k as u64]).next_u64() });
-            let (nll, _) = model.nll(&batch, Some(&adapters), dropout)?;
-            loss_sum += nll.to_scalar::<f32>()? as f64;
-            let scaled = (nll / targets.max(1) as f64)?;
-            let store = scaled.backward()?;
-            for (g, v) in grads.iter_mut().zip(&vars) {
-                if let Some(t) = store.get(v.as_tensor()) {
-                    for (a, b) in g.iter_mut().zip(t.flatten_all()?.to_vec1::<f32>()?) {
-                        *a += b;
-                    }
+            let (nll, _, g) = model.nll_backward(&batch, &adapters, dropout, 1.0 / targets.max(1) as f64)?;
+            loss_sum += nll;
+            for (acc, part) in grads.iter_mut().zip(g) {
+                for (a, b) in acc.iter_mut().zip(part) {
+                    *a += b;
                 }
             }
         }
