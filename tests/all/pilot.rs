@@ -654,3 +654,106 @@ fn real_model_pilot_with_the_shipped_config() {
     assert_eq!(m["counts"]["planned"], 5);
     assert!(m["counts"]["instructions_parsed"].as_u64().unwrap() >= 3, "{}", m["counts"]);
 }
+
+/// A train config on a pilot run of the tiny model.
+fn train_config(f: &Fixture, name: &str, dataset: &Path, epochs: usize) -> PathBuf {
+    let text = format!(
+        r#"run_id = "train"
+artifacts_dir = {artifacts}
+dataset = {dataset}
+seed = 3
+max_seq_len = 128
+validation_fraction = 0.2
+
+[lora]
+r = 2
+lora_dropout = 0.1
+
+[optimizer]
+lr = 5e-3
+
+[training]
+batch_size = 2
+epochs = {epochs}
+eval_every = 2
+checkpoint_every = 1
+"#,
+        artifacts = q(&f.artifacts()),
+        dataset = q(dataset)
+    );
+    let p = f.path(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn train_refuses_ungated_data_and_resumes_after_sigkill_to_the_same_adapter() {
+    let f = Fixture::new();
+    let cfg = f.config("pilot.toml", "count = 60\nrun_id = \"data\"\ncritic_filter = false", "").replace_qc_rules();
+    let o = pilot(&cfg, &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let data = f.artifacts().join("data");
+    assert!(!lines(&data.join("pilot/shard-00000.jsonl")).is_empty(), "the tiny pilot accepted nothing");
+
+    let tcfg = train_config(&f, "train.toml", &data, 12);
+    let o = stage("train", &tcfg, &[], &[], EPOCH);
+    assert!(matches!(o.status.code(), Some(0) | Some(2)), "{}", text(&o));
+    let run = f.artifacts().join("train");
+    let m = json(&run.join("manifest.json"));
+    assert_eq!(m["stage"], "train");
+    assert_eq!(m["dataset"]["run_id"], "data");
+    assert_eq!(m["training"]["options"]["lora"]["r"], 2);
+    let adapter = std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap();
+    assert!(json(&run.join("adapter/adapter_config.json"))["peft_type"] == "LORA");
+    assert_eq!(&std::fs::read(run.join("loss.png")).unwrap()[1..4], b"PNG");
+    let reference_run = f.path("uninterrupted");
+    std::fs::rename(&run, &reference_run).unwrap();
+
+    // SIGKILL once a few checkpoints are on disk, then the same command again.
+    let mut child = kiln()
+        .args(["train", "--quiet", "--config"])
+        .arg(&tcfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let steps = std::fs::read_to_string(run.join("train_log.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+        if steps >= 4 || start.elapsed().as_secs() > 120 || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap_or(());
+    child.wait().unwrap();
+    let o = stage("train", &tcfg, &["--json"], &[], EPOCH);
+    assert!(matches!(o.status.code(), Some(0) | Some(2)), "{}", text(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(out["report"]["resumed_from"].as_u64().unwrap() > 0, "the second run did not resume: {out}");
+    assert_eq!(std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap(), adapter, "the resumed adapter differs");
+
+    // A run whose gate failed, a dataset changed after its run, and a folder without a manifest.
+    let failing = f.config("fail.toml", "run_id = \"failed\"", "[plugins.qc_rules.config]\nmax_empty_rate = 0.0\n");
+    assert_eq!(pilot(&failing, &[], &[]).status.code(), Some(2));
+    let cases = [
+        (f.artifacts().join("failed"), "gate did not pass"),
+        (f.path("nothing"), "manifest"),
+    ];
+    std::fs::create_dir_all(f.path("nothing")).unwrap();
+    for (dataset, want) in cases {
+        let c = train_config(&f, "bad.toml", &dataset, 1);
+        let o = stage("train", &c, &["--run-id", "refused"], &[], EPOCH);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want) && err.contains(&dataset.display().to_string()), "{want}: {err}");
+    }
+    let accepted = data.join("pilot/shard-00000.jsonl");
+    let mut bytes = std::fs::read(&accepted).unwrap();
+    bytes.extend_from_slice(b"\n");
+    std::fs::write(&accepted, bytes).unwrap();
+    let o = stage("train", &tcfg, &["--run-id", "tampered"], &[], EPOCH);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("pilot/shard-00000.jsonl") && err.contains("sha256"), "{err}");
+}

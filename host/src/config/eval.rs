@@ -61,6 +61,9 @@ pub struct EvalFile {
 pub struct ArmSection {
     /// Another model file for this arm (default: `[model]`).
     pub model: Option<ModelSection>,
+    /// A LoRA adapter folder in PEFT's format (e.g. a `kiln train` run's `adapter/`), applied
+    /// unmerged to this arm's model.
+    pub adapter: Option<PathBuf>,
     /// The prompt template that renders this arm's response prompts.
     pub template: PluginConfig,
 }
@@ -85,6 +88,8 @@ pub struct Arm {
     pub name: &'static str,
     /// Its own model, or `None` for `[model]`.
     pub model: Option<ModelSpec>,
+    /// Its adapter folder (absolute) and the sha256 of its weights file.
+    pub adapter: Option<(PathBuf, String)>,
     /// Its template.
     pub template: PluginEntry,
 }
@@ -184,6 +189,10 @@ impl EvalConfig {
             let mut a = toml::Table::new();
             if let Some(spec) = &arm.model {
                 a.insert("model".into(), model(spec, &models[k]));
+            }
+            if let Some((dir, sha)) = &arm.adapter {
+                a.insert("adapter".into(), V::String(dir.display().to_string()));
+                a.insert("adapter_sha256".into(), V::String(sha.clone()));
             }
             a.insert("template".into(), V::Table(super::pilot::resolved_plugin(&arm.template.spec, &plugin_sha256[k])));
             t.insert(arm.name.into(), V::Table(a));
@@ -299,7 +308,24 @@ impl EvalFile {
                 Some(m) => Some(m.validate(&cx, &cli, &format!("{name}.model"), None, false)?),
                 None => None,
             };
-            Ok(Arm { name, model, template: cx.plugin_entry(format!("{name}.template"), &a.template)? })
+            let adapter = match &a.adapter {
+                None => None,
+                Some(d) => {
+                    let dir = cx.path(d);
+                    let weights = dir.join("adapter_model.safetensors");
+                    if !dir.join("adapter_config.json").is_file() || !weights.is_file() {
+                        return Err(cx.err(
+                            &format!("{name}.adapter"),
+                            quoted(d),
+                            format!("is not a PEFT adapter folder ({} needs adapter_config.json and adapter_model.safetensors)", dir.display()),
+                        ));
+                    }
+                    let sha = crate::provenance::sha256_file(&weights)
+                        .map_err(|e| cx.err(&format!("{name}.adapter"), quoted(d), format!("cannot be read: {e}")))?;
+                    Some((dir, sha))
+                }
+            };
+            Ok(Arm { name, model, adapter, template: cx.plugin_entry(format!("{name}.template"), &a.template)? })
         };
         let arms = [arm("base", &self.base)?, arm("tuned", &self.tuned)?];
         let critic = cx.plugin_entry("critic".into(), &self.critic)?;

@@ -291,6 +291,9 @@ pub struct ArmRecord {
     pub guard: serde_json::Value,
     /// Its template.
     pub template: PluginRef,
+    /// Its LoRA adapter folder and the sha256 of its weights, if it had one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub adapter: Option<FileRecord>,
 }
 
 /// An input file by path and content.

@@ -350,12 +350,20 @@ pub fn run(cfg: &EvalConfig, opts: &EvalOptions) -> Result<EvalOutcome, StageErr
     let (base_engine, base_guard) = load_model_spec(&cfg.model, &cfg.file, "model", &mut timings)?;
     let mut own: Vec<Option<(Engine, crate::model::guard::GuardReport)>> = Vec::new();
     for arm in &cfg.arms {
-        match &arm.model {
-            Some(spec) if spec.choice != cfg.model.choice => {
-                own.push(Some(load_model_spec(spec, &cfg.file, &format!("{}.model", arm.name), &mut timings)?))
-            }
-            _ => own.push(None),
+        let field = if arm.model.is_some() { format!("{}.model", arm.name) } else { "model".to_string() };
+        let mut loaded = match &arm.model {
+            Some(spec) if spec.choice != cfg.model.choice => Some(load_model_spec(spec, &cfg.file, &field, &mut timings)?),
+            // An adapter changes the weights: the arm gets its own copy of the model.
+            _ if arm.adapter.is_some() => Some(load_model_spec(&cfg.arm_model(arm), &cfg.file, &field, &mut timings)?),
+            _ => None,
+        };
+        if let (Some((engine, _)), Some((dir, _))) = (loaded.as_mut(), &arm.adapter) {
+            let adapters = crate::train::Adapters::load_peft(&engine.model.cfg, dir)
+                .and_then(|a| a.attach(&mut engine.model).map(|_| a))
+                .map_err(|e| StageError::Invalid(format!("{}: {}.adapter: {e}", cfg.file.display(), arm.name)))?;
+            tracing::info!(arm = arm.name, adapter = %dir.display(), r = adapters.config.r, "adapter attached");
         }
+        own.push(loaded);
     }
     let engine_of = |k: usize| own[k].as_ref().map_or(&base_engine, |(e, _)| e);
     let guard_of = |k: usize| own[k].as_ref().map_or(&base_guard, |(_, g)| g);
@@ -516,6 +524,7 @@ pub fn run(cfg: &EvalConfig, opts: &EvalOptions) -> Result<EvalOutcome, StageErr
             model: model_record(engine_of(k)),
             guard: serde_json::to_value(guard_of(k)).expect("serialises"),
             template: PluginRef::from(&records[k]),
+            adapter: arm.adapter.as_ref().map(|(dir, sha)| FileRecord { path: dir.clone(), sha256: sha.clone(), records: 1 }),
         })
         .collect();
     let mut counts = BTreeMap::new();
