@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::pilot::{absolute, one_line, quoted, valid_run_id, Ctx, ModelSection, ModelSpec, PhaseSampling, PilotConfigError, PluginEntry};
+use super::pilot::{absolute, quoted, read_strict, run_location, Ctx, ModelSection, ModelSpec, PhaseSampling, PilotConfigError, PluginEntry};
 use super::{ConfigError, PluginConfig};
 use crate::model::SamplingParams;
 
@@ -147,10 +147,7 @@ pub struct EvalOverrides {
 impl EvalConfig {
     /// Read, parse and validate an eval config file.
     pub fn load(path: &Path, ov: &EvalOverrides) -> Result<EvalConfig, PilotConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| PilotConfigError::Read { path: path.to_path_buf(), error })?;
-        let raw: EvalFile =
-            toml::from_str(&text).map_err(|e| PilotConfigError::Parse { path: path.to_path_buf(), message: one_line(&e, &text) })?;
-        Ok(raw.validate(path, ov)?)
+        Ok(read_strict::<EvalFile>(path)?.validate(path, ov)?)
     }
 
     /// The model of an arm.
@@ -245,22 +242,8 @@ impl EvalFile {
         let cwd = absolute(Path::new("."));
         let cli = Ctx::new("command line".to_string(), &cwd);
 
-        let (run_id, rcx, rfield) = match (&ov.run_id, &self.run_id) {
-            (Some(r), _) => (r.clone(), &cli, "--run-id"),
-            (None, Some(r)) => (r.clone(), &cx, "run_id"),
-            (None, None) => (path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "eval".into()), &cx, "run_id"),
-        };
-        if !valid_run_id(&run_id) {
-            return Err(rcx.err(rfield, format!("\"{run_id}\""), "must be a folder name: letters, digits, '-', '_' and '.', not starting with '.'"));
-        }
-        let artifacts_dir = match (&ov.artifacts_dir, &self.artifacts_dir) {
-            (Some(d), _) => absolute(d),
-            (None, Some(d)) => cx.path(d),
-            (None, None) => absolute(Path::new("artifacts")),
-        };
-        if artifacts_dir.exists() && !artifacts_dir.is_dir() {
-            return Err(cx.err("artifacts_dir", quoted(&artifacts_dir), "exists and is not a directory"));
-        }
+        let (run_id, artifacts_dir) =
+            run_location(&cx, &cli, path, (ov.run_id.as_ref(), self.run_id.as_ref()), (ov.artifacts_dir.as_ref(), self.artifacts_dir.as_ref()))?;
         let alpha = self.alpha.unwrap_or(DEFAULT_ALPHA);
         if !(alpha > 0.0 && alpha < 1.0) {
             return Err(cx.err("alpha", alpha, "must be in (0, 1)"));

@@ -423,6 +423,40 @@ impl<'a> Ctx<'a> {
 }
 
 /// An absolute form of a path without touching the filesystem beyond the current directory.
+/// Read a config file and parse it strictly into its file form (unknown keys are errors).
+pub(crate) fn read_strict<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, PilotConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| PilotConfigError::Read { path: path.to_path_buf(), error })?;
+    toml::from_str(&text).map_err(|e| PilotConfigError::Parse { path: path.to_path_buf(), message: one_line(&e, &text) })
+}
+
+/// A run's id and artifacts folder: the command line's (`--run-id`, `--artifacts-dir`) over
+/// the file's (`run_id`, `artifacts_dir`), else the config file's stem and `./artifacts`.
+pub(crate) fn run_location(
+    cx: &Ctx,
+    cli: &Ctx,
+    path: &Path,
+    run_id: (Option<&String>, Option<&String>),
+    artifacts_dir: (Option<&PathBuf>, Option<&PathBuf>),
+) -> Result<(String, PathBuf), ConfigError> {
+    let (id, rcx, field) = match run_id {
+        (Some(r), _) => (r.clone(), cli, "--run-id"),
+        (None, Some(r)) => (r.clone(), cx, "run_id"),
+        (None, None) => (path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into()), cx, "run_id"),
+    };
+    if !valid_run_id(&id) {
+        return Err(rcx.err(field, format!("\"{id}\""), "must be a folder name: letters, digits, '-', '_' and '.', not starting with '.'"));
+    }
+    let dir = match artifacts_dir {
+        (Some(d), _) => absolute(d),
+        (None, Some(d)) => cx.path(d),
+        (None, None) => absolute(Path::new("artifacts")),
+    };
+    if dir.exists() && !dir.is_dir() {
+        return Err(cx.err("artifacts_dir", quoted(&dir), "exists and is not a directory"));
+    }
+    Ok((id, dir))
+}
+
 pub(crate) fn absolute(p: &Path) -> PathBuf {
     let p = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
     let mut out = PathBuf::new();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::pilot::{absolute, one_line, quoted, valid_run_id, Ctx, PilotConfigError};
+use super::pilot::{absolute, quoted, read_strict, run_location, Ctx, PilotConfigError};
 use super::ConfigError;
 use crate::train::{AdamWConfig, LoraConfig, TrainOptions, MODULES};
 
@@ -121,10 +121,7 @@ pub struct TrainOverrides {
 impl TrainConfig {
     /// Read, parse and validate a train config file.
     pub fn load(path: &Path, ov: &TrainOverrides) -> Result<TrainConfig, PilotConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| PilotConfigError::Read { path: path.to_path_buf(), error })?;
-        let raw: TrainFile =
-            toml::from_str(&text).map_err(|e| PilotConfigError::Parse { path: path.to_path_buf(), message: one_line(&e, &text) })?;
-        Ok(raw.validate(path, ov)?)
+        Ok(read_strict::<TrainFile>(path)?.validate(path, ov)?)
     }
 
     /// The config as run: every path absolute, every default explicit.
@@ -176,19 +173,8 @@ impl TrainFile {
         let cx = Ctx::new(path.display().to_string(), &base_dir);
         let cwd = absolute(Path::new("."));
         let cli = Ctx::new("command line".to_string(), &cwd);
-        let (run_id, rcx, rfield) = match (&ov.run_id, &self.run_id) {
-            (Some(r), _) => (r.clone(), &cli, "--run-id"),
-            (None, Some(r)) => (r.clone(), &cx, "run_id"),
-            (None, None) => (path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "train".into()), &cx, "run_id"),
-        };
-        if !valid_run_id(&run_id) {
-            return Err(rcx.err(rfield, format!("\"{run_id}\""), "must be a folder name: letters, digits, '-', '_' and '.', not starting with '.'"));
-        }
-        let artifacts_dir = match (&ov.artifacts_dir, &self.artifacts_dir) {
-            (Some(d), _) => absolute(d),
-            (None, Some(d)) => cx.path(d),
-            (None, None) => absolute(Path::new("artifacts")),
-        };
+        let (run_id, artifacts_dir) =
+            run_location(&cx, &cli, path, (ov.run_id.as_ref(), self.run_id.as_ref()), (ov.artifacts_dir.as_ref(), self.artifacts_dir.as_ref()))?;
         let (dataset, dcx, dfield, shown) = match &ov.dataset {
             Some(d) => (absolute(d), &cli, "--dataset", d.clone()),
             None => (cx.path(&self.dataset), &cx, "dataset", self.dataset.clone()),
