@@ -62,10 +62,6 @@ impl TrainCommand {
         } else {
             print(&out);
         }
-        let improved = match (out.report.initial_val_loss, out.report.final_val_loss) {
-            (Some(a), Some(b)) => b < a,
-            _ => true,
-        };
-        Ok(if improved { ExitCode::SUCCESS } else { ExitCode::from(EXIT_GATE_FAILED) })
+        Ok(if out.report.improved() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_GATE_FAILED) })
     }
 }

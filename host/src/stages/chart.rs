@@ -10,6 +10,9 @@ use plotters::style::{register_font, FontStyle};
 /// The embedded font.
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
+/// Series colours, in order.
+const PALETTE: [RGBColor; 4] = [RGBColor(0x4c, 0x72, 0xb0), RGBColor(0xdd, 0x84, 0x52), RGBColor(0x55, 0xa8, 0x68), RGBColor(0xc4, 0x4e, 0x52)];
+
 /// A chart could not be drawn.
 #[derive(Debug, thiserror::Error)]
 #[error("chart \"{title}\": {message}")]
@@ -78,11 +81,10 @@ pub fn grouped_rates_png(title: &str, y_label: &str, series: &[&str], groups: &[
             .axis_desc_style(("sans-serif", 16))
             .draw()
             .map_err(|e| err(e.to_string()))?;
-        let palette = [RGBColor(0x4c, 0x72, 0xb0), RGBColor(0xdd, 0x84, 0x52), RGBColor(0x55, 0xa8, 0x68), RGBColor(0xc4, 0x4e, 0x52)];
         let k = series.len() as f64;
         let slot = 0.8 / k;
         for (s, name) in series.iter().enumerate() {
-            let color = palette[s % palette.len()];
+            let color = PALETTE[s % PALETTE.len()];
             let x0 = |i: usize| i as f64 + 0.1 + s as f64 * slot;
             chart
                 .draw_series(groups.iter().enumerate().map(|(i, g)| {
@@ -179,9 +181,8 @@ pub fn lines_png(title: &str, x_label: &str, y_label: &str, lines: &[Line], size
             .axis_desc_style(("sans-serif", 16))
             .draw()
             .map_err(|e| err(e.to_string()))?;
-        let palette = [RGBColor(0x4c, 0x72, 0xb0), RGBColor(0xdd, 0x84, 0x52), RGBColor(0x55, 0xa8, 0x68), RGBColor(0xc4, 0x4e, 0x52)];
         for (i, line) in lines.iter().enumerate() {
-            let color = palette[i % palette.len()];
+            let color = PALETTE[i % PALETTE.len()];
             let pts: Vec<(f64, f64)> = line.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
             chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))

@@ -23,7 +23,7 @@ use crate::config::train::TrainConfig;
 use crate::config::PluginConfig;
 use crate::model::tokenizer::Tokenizer;
 use crate::plugin::{ResponseRequest, Runtime, World};
-use crate::provenance::manifest::{environment, kiln_build, now, DatasetRecord, Gate, Manifest, ModelRecord, MANIFEST_VERSION};
+use crate::provenance::manifest::{environment, kiln_build, now, DatasetRecord, Gate, Manifest, MANIFEST_VERSION};
 use crate::provenance::{sha256_file, sha256_hex};
 use crate::train::{split, BaseModel, Example, LogLine, Report};
 
@@ -242,11 +242,8 @@ pub fn run(cfg: &TrainConfig, opts: &TrainRunOptions) -> Result<TrainOutcome, St
     counts.insert("too_long".to_string(), s.too_long.len() as u64);
     counts.insert("unrendered".to_string(), unrendered as u64);
     counts.insert("steps".to_string(), report.steps as u64);
-    let improved = match (report.initial_val_loss, report.final_val_loss) {
-        (Some(a), Some(b)) => b < a,
-        _ => true,
-    };
-    let mut manifest = Manifest {
+    let improved = report.improved();
+    let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
         stage: "train".into(),
         run_id: cfg.run_id.clone(),
@@ -259,7 +256,7 @@ pub fn run(cfg: &TrainConfig, opts: &TrainRunOptions) -> Result<TrainOutcome, St
         config_hash: state.config_hash.clone(),
         seed: cfg.options.seed,
         count: s.train.len(),
-        model: ModelRecord { ..data.manifest.model.clone() },
+        model: data.manifest.model.clone(),
         guard: data.manifest.guard.clone(),
         plugins: vec![template.record()],
         sampling: BTreeMap::new(),
@@ -283,7 +280,6 @@ pub fn run(cfg: &TrainConfig, opts: &TrainRunOptions) -> Result<TrainOutcome, St
         dataset: Some(data.record.clone()),
         training: Some(summary),
     };
-    manifest.finished_at = now();
     let wall_seconds = wall.elapsed().as_secs_f64();
     log.push(format!(
         "[{}] steps {} (resumed from {}), train loss {:?}, validation loss {:?} (base {:?}); wall {wall_seconds:.1}s",

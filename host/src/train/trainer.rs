@@ -89,6 +89,16 @@ pub struct Report {
     pub initial_val_loss: Option<f64>,
 }
 
+impl Report {
+    /// True when the validation loss fell below the base model's (or there is no validation).
+    pub fn improved(&self) -> bool {
+        match (self.initial_val_loss, self.final_val_loss) {
+            (Some(a), Some(b)) => b < a,
+            _ => true,
+        }
+    }
+}
+
 /// Files the trainer keeps in its run folder.
 pub mod files {
     /// The checkpoint (adapter, optimizer, step), replaced atomically.
