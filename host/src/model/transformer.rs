@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::config::{Arch, ModelConfig, RopeStyle};
 use super::error::ModelError;
+use super::qmm;
 
 /// A LoRA adapter on one projection: `y += scale * (x A^T) B^T`, A: (r, in), B: (out, r).
 #[derive(Debug, Clone)]
@@ -59,6 +60,10 @@ fn single_row_consistent(dtype: candle_core::quantized::GgmlDType) -> bool {
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: QMatMul,
+    /// The same weights, for kiln's own kernels.
+    raw: Arc<QTensor>,
+    /// kiln's kernel for the weight type, when there is one (else candle's).
+    kernel: Option<qmm::Kind>,
     /// Run single rows as a batch of two (see [`single_row_consistent`]).
     pad_single: bool,
     /// Input features.
@@ -99,15 +104,27 @@ pub fn q5_0_as_q8_0(q: &QTensor) -> Result<QTensor, candle_core::Error> {
 impl Linear {
     fn new(q: QTensor) -> Result<Linear, candle_core::Error> {
         let q = if q.dtype() == candle_core::quantized::GgmlDType::Q5_0 { q5_0_as_q8_0(&q)? } else { q };
+        Linear::from_arc(Arc::new(q))
+    }
+
+    /// A projection on weights shared with something else (the tied embedding).
+    fn from_arc(q: Arc<QTensor>) -> Result<Linear, candle_core::Error> {
         let (out_features, in_features) = q.shape().dims2()?;
-        let pad_single = !single_row_consistent(q.dtype());
-        Ok(Linear { weight: QMatMul::from_arc(Arc::new(q))?, pad_single, in_features, out_features, adapter: None })
+        let kernel = qmm::Kind::of(q.dtype());
+        let pad_single = kernel.is_none() && !single_row_consistent(q.dtype());
+        Ok(Linear { weight: QMatMul::from_arc(q.clone())?, raw: q, kernel, pad_single, in_features, out_features, adapter: None })
     }
 
     /// `x W^T` (+ the adapter's contribution), x: (rows, in). A row's result does not depend
     /// on the other rows.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, candle_core::Error> {
-        let y = if self.pad_single && x.dim(0)? == 1 {
+        let y = if let (Some(kind), Device::Cpu, DType::F32, 2) = (self.kernel, x.device(), x.dtype(), x.rank()) {
+            let m = x.dim(0)?;
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            let mut out = vec![0f32; m * self.out_features];
+            qmm::matmul(kind, &self.raw.data()?, self.out_features, self.in_features, &xs, m, &mut out);
+            Tensor::from_vec(out, (m, self.out_features), x.device())?
+        } else if self.pad_single && x.dim(0)? == 1 {
             self.weight.forward(&Tensor::cat(&[x, x], 0)?)?.narrow(0, 0, 1)?
         } else {
             self.weight.forward(x)?
@@ -278,7 +295,7 @@ pub struct Model {
     /// The blocks.
     pub layers: Vec<Layer>,
     final_norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     ropes: Vec<Rope>,
     device: Device,
 }
@@ -313,9 +330,9 @@ impl Model {
         }
         let embed = Arc::new(embed);
         let output = if content.tensor_infos.contains_key("output.weight") {
-            QMatMul::from_arc(Arc::new(tensor("output.weight")?))?
+            Linear::from_arc(Arc::new(tensor("output.weight")?))?
         } else {
-            QMatMul::from_arc(embed.clone())?
+            Linear::from_arc(embed.clone())?
         };
         let dense = |q: QTensor| q.dequantize(&Device::Cpu);
         let final_norm = dense(tensor("output_norm.weight")?)?;

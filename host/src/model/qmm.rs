@@ -1,0 +1,635 @@
+//! kiln's quantized matrix multiply for the CPU: `x W^T` for a quantized W (Q8_0, Q4_1, Q4_K,
+//! Q6_K) and f32 rows x, with AVX2.
+//!
+//! candle's CPU path does one dot product per (weight row, input row) pair with a single
+//! accumulator chain, so prefill and batched decode are bound by that chain's latency and by
+//! streaming each weight row once per input row. Here the input rows are quantized once (to
+//! the format llama.cpp and candle pair with each weight type: Q8_0, Q8_1 or Q8_K, with
+//! candle's own quantizers), and each call of a tile kernel computes four weight rows against
+//! several input rows, block by block, so that every loaded weight block serves several input
+//! rows and every input block four weight rows, with independent accumulators.
+//!
+//! Exactness: the dot product of one weight block with one input block is an exact integer
+//! (i32), and each output element is `acc = fma(float(block integer), scale, acc)` over the
+//! blocks in order, lane by lane. Which tile an element lands in, which rows share it and
+//! how many rows there are change nothing: a row's results are bitwise the same alone or in
+//! any batch.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use candle_core::quantized::k_quants::{BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType};
+use candle_core::quantized::GgmlDType;
+
+/// The weight types with a kernel here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// 32 weights: f16 scale, 32 i8. Inputs as Q8_0.
+    Q8_0,
+    /// 32 weights: f16 scale, f16 minimum, 32 nibbles. Inputs as Q8_1.
+    Q4_1,
+    /// 256 weights: f16 scale and minimum, eight 6-bit sub-scales and minima, 256 nibbles.
+    /// Inputs as Q8_K.
+    Q4K,
+    /// 256 weights: 6-bit values (low nibbles, high pairs), sixteen i8 sub-scales, f16 scale.
+    /// Inputs as Q8_K.
+    Q6K,
+}
+
+impl Kind {
+    /// The kernel for a weight type, if there is one and this CPU can run it.
+    pub fn of(dtype: GgmlDType) -> Option<Kind> {
+        if !enabled() {
+            return None;
+        }
+        match dtype {
+            GgmlDType::Q8_0 => Some(Kind::Q8_0),
+            GgmlDType::Q4_1 => Some(Kind::Q4_1),
+            GgmlDType::Q4K => Some(Kind::Q4K),
+            GgmlDType::Q6K => Some(Kind::Q6K),
+            _ => None,
+        }
+    }
+
+    /// Weights per block.
+    fn block(self) -> usize {
+        match self {
+            Kind::Q8_0 | Kind::Q4_1 => 32,
+            Kind::Q4K | Kind::Q6K => 256,
+        }
+    }
+
+    /// Bytes per weight block.
+    fn bytes(self) -> usize {
+        match self {
+            Kind::Q8_0 => 34,
+            Kind::Q4_1 => 20,
+            Kind::Q4K => 144,
+            Kind::Q6K => 210,
+        }
+    }
+}
+
+/// True when this CPU has what the kernels use (AVX2, FMA, F16C), unless `KILN_QMM=off` asks
+/// for candle's path (for comparisons).
+pub fn enabled() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        if std::env::var("KILN_QMM").is_ok_and(|v| v == "off") {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Quantized input rows, unpacked from candle's blocks into flat arrays: the integers of a
+/// row contiguous, and the per-block scale (and sum, or sums of 16) as plain numbers.
+struct Acts {
+    /// (rows, k) integers.
+    qs: Vec<i8>,
+    /// (rows, blocks) scales.
+    d: Vec<f32>,
+    /// (rows, blocks): Q8_1's `d * sum(qs)`.
+    s: Vec<f32>,
+    /// (rows, blocks, 16): Q8_K's sums of each 16 integers.
+    bsums: Vec<i16>,
+    /// Integers per row.
+    k: usize,
+    /// Blocks per row.
+    nb: usize,
+}
+
+fn f16_bits(lo: u8, hi: u8) -> f32 {
+    half_to_f32(u16::from_le_bytes([lo, hi]))
+}
+
+/// IEEE half to f32 (exact), without a dependency for one function.
+fn half_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let man = (h & 0x3ff) as u32;
+    let bits = match (exp, man) {
+        (0, 0) => sign,
+        (0, m) => {
+            // Subnormal: value m * 2^-24.
+            let v = m as f32 * (1.0 / 16777216.0);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, m) => sign | 0x7fc0_0000 | (m << 13),
+        (e, m) => sign | ((e + 112) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// View candle blocks as their bytes (they are `repr(C)` plain data).
+fn block_bytes<T>(b: &[T]) -> &[u8] {
+    // SAFETY: the block types are repr(C) structs of integers and f16/f32 with no padding
+    // (candle asserts their sizes), so every byte is initialised.
+    unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u8, std::mem::size_of_val(b)) }
+}
+
+impl Acts {
+    /// Quantize rows of `x` (rows, k) the way candle does for this weight type's dot product,
+    /// rows spread over the pool.
+    fn quantize(kind: Kind, x: &[f32], rows: usize, k: usize) -> Acts {
+        let nb = k / kind.block();
+        let sums = kind == Kind::Q4_1;
+        let bsums = matches!(kind, Kind::Q4K | Kind::Q6K);
+        let mut a = Acts {
+            qs: vec![0; rows * k],
+            d: vec![0.0; rows * nb],
+            s: if sums { vec![0.0; rows * nb] } else { Vec::new() },
+            bsums: if bsums { vec![0; rows * nb * 16] } else { Vec::new() },
+            k,
+            nb,
+        };
+        let ptrs = (a.qs.as_mut_ptr() as usize, a.d.as_mut_ptr() as usize, a.s.as_mut_ptr() as usize, a.bsums.as_mut_ptr() as usize);
+        let work = |range: std::ops::Range<usize>| {
+            // SAFETY: each row's slices are written by the one worker that holds the row.
+            let (qs, d, s, bs) = unsafe {
+                let n = range.len();
+                (
+                    std::slice::from_raw_parts_mut((ptrs.0 as *mut i8).add(range.start * k), n * k),
+                    std::slice::from_raw_parts_mut((ptrs.1 as *mut f32).add(range.start * nb), n * nb),
+                    if sums { std::slice::from_raw_parts_mut((ptrs.2 as *mut f32).add(range.start * nb), n * nb) } else { &mut [][..] },
+                    if bsums { std::slice::from_raw_parts_mut((ptrs.3 as *mut i16).add(range.start * nb * 16), n * nb * 16) } else { &mut [][..] },
+                )
+            };
+            quantize_rows(kind, &x[range.start * k..range.end * k], k, qs, d, s, bs);
+        };
+        // Small inputs are not worth waking the pool for.
+        if rows * k < 16384 {
+            work(0..rows);
+        } else {
+            candle_core::utils::barrier_pool().execute_chunked(rows, work);
+        }
+        a
+    }
+}
+
+/// Quantize whole rows of `x` into the flat arrays of [`Acts`] (these rows' parts).
+fn quantize_rows(kind: Kind, x: &[f32], k: usize, qs: &mut [i8], d: &mut [f32], s: &mut [f32], bsums: &mut [i16]) {
+    let nb = k / kind.block();
+    let copy = |dst: &mut [i8], src: &[u8]| {
+        for (a, &b) in dst.iter_mut().zip(src) {
+            *a = b as i8;
+        }
+    };
+    match kind {
+        Kind::Q8_0 => {
+            let mut blocks = vec![BlockQ8_0::zeros(); nb];
+            for (r, row) in x.chunks_exact(k).enumerate() {
+                BlockQ8_0::from_float(row, &mut blocks);
+                for (b, raw) in block_bytes(&blocks).chunks_exact(34).enumerate() {
+                    d[r * nb + b] = f16_bits(raw[0], raw[1]);
+                    copy(&mut qs[r * k + b * 32..r * k + b * 32 + 32], &raw[2..34]);
+                }
+            }
+        }
+        Kind::Q4_1 => {
+            let mut blocks = vec![BlockQ8_1::zeros(); nb];
+            for (r, row) in x.chunks_exact(k).enumerate() {
+                BlockQ8_1::from_float(row, &mut blocks);
+                for (b, raw) in block_bytes(&blocks).chunks_exact(36).enumerate() {
+                    d[r * nb + b] = f16_bits(raw[0], raw[1]);
+                    s[r * nb + b] = f16_bits(raw[2], raw[3]);
+                    copy(&mut qs[r * k + b * 32..r * k + b * 32 + 32], &raw[4..36]);
+                }
+            }
+        }
+        Kind::Q4K | Kind::Q6K => {
+            let mut blocks = vec![BlockQ8K::zeros(); nb];
+            for (r, row) in x.chunks_exact(k).enumerate() {
+                BlockQ8K::from_float(row, &mut blocks);
+                for (b, raw) in block_bytes(&blocks).chunks_exact(292).enumerate() {
+                    d[r * nb + b] = f32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+                    copy(&mut qs[r * k + b * 256..r * k + b * 256 + 256], &raw[4..260]);
+                    for (j, pair) in raw[260..292].chunks_exact(2).enumerate() {
+                        bsums[(r * nb + b) * 16 + j] = i16::from_le_bytes([pair[0], pair[1]]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Input rows per pass over a range of weight rows: the quantized rows of one pass stay in
+/// L2 while the weights stream through once per pass.
+const ROWS_PER_PASS: usize = 64;
+
+/// Input rows per tile kernel call (with four weight rows).
+const TILE_ROWS: usize = 4;
+
+/// `out = x W^T`: `w` holds `n` rows of `k` weights as raw blocks of `kind`, `x` is (m, k),
+/// `out` is (m, n). `k` must be a multiple of the block size. Call only when [`enabled`].
+pub fn matmul(kind: Kind, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32]) {
+    assert!(enabled(), "quantized matmul kernels need AVX2, FMA and F16C");
+    assert_eq!(k % kind.block(), 0, "{k} inputs is not a whole number of {kind:?} blocks");
+    assert_eq!(w.len(), n * k / kind.block() * kind.bytes(), "weight bytes do not match {n} x {k} {kind:?}");
+    assert_eq!(x.len(), m * k);
+    assert_eq!(out.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let acts = Acts::quantize(kind, x, m, k);
+    let tiles = n.div_ceil(4);
+    let row_bytes = k / kind.block() * kind.bytes();
+    let out_ptr = out.as_mut_ptr() as usize;
+    let work = |range: std::ops::Range<usize>| {
+        // SAFETY: `enabled()` checked the CPU features; each tile writes only its own columns
+        // of `out`, and tiles are handed to exactly one worker.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            run_tiles(kind, w, row_bytes, n, &acts, m, range, out_ptr as *mut f32)
+        }
+    };
+    candle_core::utils::barrier_pool().execute_chunked(tiles, work);
+}
+
+/// Tiles `range` (four weight rows each) against every input row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_tiles(kind: Kind, w: &[u8], row_bytes: usize, n: usize, acts: &Acts, m: usize, range: std::ops::Range<usize>, out: *mut f32) {
+    for pass in (0..m).step_by(ROWS_PER_PASS) {
+        let end = m.min(pass + ROWS_PER_PASS);
+        for t in range.clone() {
+            // A last tile of fewer than four rows repeats its last row; the extra lanes are
+            // computed and dropped.
+            let wr: [*const u8; 4] = std::array::from_fn(|i| w.as_ptr().add((4 * t + i).min(n - 1) * row_bytes));
+            let cols = (n - 4 * t).min(4);
+            let mut r = pass;
+            while r + TILE_ROWS <= end {
+                let rows: [usize; TILE_ROWS] = std::array::from_fn(|c| r + c);
+                let res = tile(kind, wr, acts, rows);
+                store(out, n, &rows, 4 * t, cols, &res);
+                r += TILE_ROWS;
+            }
+            while r < end {
+                let res = tile(kind, wr, acts, [r]);
+                store(out, n, &[r], 4 * t, cols, &res);
+                r += 1;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn tile<const C: usize>(kind: Kind, wr: [*const u8; 4], acts: &Acts, rows: [usize; C]) -> [__m128; C] {
+    match kind {
+        Kind::Q8_0 => tile_q8_0(wr, acts, rows),
+        Kind::Q4_1 => tile_q4_1(wr, acts, rows),
+        Kind::Q4K => tile_q4k(wr, acts, rows),
+        Kind::Q6K => tile_q6k(wr, acts, rows),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn store<const C: usize>(out: *mut f32, n: usize, rows: &[usize; C], col: usize, cols: usize, res: &[__m128; C]) {
+    for c in 0..C {
+        let dst = out.add(rows[c] * n + col);
+        if cols == 4 {
+            _mm_storeu_ps(dst, res[c]);
+        } else {
+            let mut tmp = [0f32; 4];
+            _mm_storeu_ps(tmp.as_mut_ptr(), res[c]);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+        }
+    }
+}
+
+/// Sums of each of four vectors of eight i32, as the four lanes of one vector.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn reduce4(q: [__m256i; 4]) -> __m128i {
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(q[0], q[1]), _mm256_hadd_epi32(q[2], q[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+}
+
+/// Sums of each of four vectors of four i32, as the four lanes of one vector.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn reduce4_128(q: [__m128i; 4]) -> __m128i {
+    _mm_hadd_epi32(_mm_hadd_epi32(q[0], q[1]), _mm_hadd_epi32(q[2], q[3]))
+}
+
+/// The f16 at `p` in each of four blocks, as f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+unsafe fn scales4(p: [*const u8; 4]) -> __m128 {
+    let h = |i: usize| (p[i] as *const u16).read_unaligned() as i16;
+    _mm_cvtph_ps(_mm_set_epi16(0, 0, 0, 0, h(3), h(2), h(1), h(0)))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q8_0<const C: usize>(wr: [*const u8; 4], a: &Acts, rows: [usize; C]) -> [__m128; C] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm_setzero_ps(); C];
+    let (k, nb) = (a.k, a.nb);
+    for b in 0..nb {
+        let blk: [*const u8; 4] = std::array::from_fn(|i| wr[i].add(b * 34));
+        let wd = scales4(blk);
+        let wq: [__m256i; 4] = std::array::from_fn(|i| _mm256_loadu_si256(blk[i].add(2) as *const __m256i));
+        // i8 x i8 through the unsigned x signed multiply: |w| times y with w's sign.
+        let wabs: [__m256i; 4] = std::array::from_fn(|i| _mm256_sign_epi8(wq[i], wq[i]));
+        for c in 0..C {
+            let y = _mm256_loadu_si256(a.qs.as_ptr().add(rows[c] * k + b * 32) as *const __m256i);
+            let q: [__m256i; 4] =
+                std::array::from_fn(|i| _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[i], _mm256_sign_epi8(y, wq[i])), ones));
+            let s = _mm_cvtepi32_ps(reduce4(q));
+            let scale = _mm_mul_ps(wd, _mm_set1_ps(*a.d.get_unchecked(rows[c] * nb + b)));
+            acc[c] = _mm_fmadd_ps(s, scale, acc[c]);
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q4_1<const C: usize>(wr: [*const u8; 4], a: &Acts, rows: [usize; C]) -> [__m128; C] {
+    let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm_setzero_ps(); C];
+    let (k, nb) = (a.k, a.nb);
+    for b in 0..nb {
+        let blk: [*const u8; 4] = std::array::from_fn(|i| wr[i].add(b * 20));
+        let wd = scales4(blk);
+        let wm = scales4(std::array::from_fn(|i| blk[i].add(2)));
+        // Low nibbles are weights 0..16, high nibbles 16..32.
+        let wq: [__m256i; 4] = std::array::from_fn(|i| {
+            let raw = _mm_loadu_si128(blk[i].add(4) as *const __m128i);
+            let both = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(raw), _mm_srli_epi16::<4>(raw));
+            _mm256_and_si256(both, low)
+        });
+        for c in 0..C {
+            let y = _mm256_loadu_si256(a.qs.as_ptr().add(rows[c] * k + b * 32) as *const __m256i);
+            let q: [__m256i; 4] = std::array::from_fn(|i| _mm256_madd_epi16(_mm256_maddubs_epi16(wq[i], y), ones));
+            let s = _mm_cvtepi32_ps(reduce4(q));
+            let at = rows[c] * nb + b;
+            let scale = _mm_mul_ps(wd, _mm_set1_ps(*a.d.get_unchecked(at)));
+            acc[c] = _mm_fmadd_ps(s, scale, acc[c]);
+            acc[c] = _mm_fmadd_ps(wm, _mm_set1_ps(*a.s.get_unchecked(at)), acc[c]);
+        }
+    }
+    acc
+}
+
+/// Q4_K's eight 6-bit scales (bytes 0..8) and minima (bytes 8..16) from its 12 packed bytes.
+fn q4k_scales(p: &[u8; 12]) -> [u32; 4] {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let u0 = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+    let u1 = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
+    let u2 = u32::from_le_bytes([p[8], p[9], p[10], p[11]]);
+    // Scales 0..4 and minima 0..4 are the low six bits of bytes 0..4 and 4..8; scales and
+    // minima 4..8 take their low four bits from bytes 8..12 and their top two from the top
+    // bits of bytes 0..4 and 4..8.
+    [u0 & LOW6, (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4), u1 & LOW6, ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4)]
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q4k<const C: usize>(wr: [*const u8; 4], a: &Acts, rows: [usize; C]) -> [__m128; C] {
+    let low = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm_setzero_ps(); C];
+    let (k, nb) = (a.k, a.nb);
+    for b in 0..nb {
+        let blk: [*const u8; 4] = std::array::from_fn(|i| wr[i].add(b * 144));
+        let wd = scales4(blk);
+        let wdmin = scales4(std::array::from_fn(|i| blk[i].add(2)));
+        // Sums of the input's integers over each 32-weight sub-block (pairs of Q8_K's 16-sums).
+        let pair_sums: [__m128i; C] = std::array::from_fn(|c| {
+            let bs = _mm256_loadu_si256(a.bsums.as_ptr().add((rows[c] * nb + b) * 16) as *const __m256i);
+            _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256::<1>(bs))
+        });
+        let mut dots = [[_mm256_setzero_si256(); 4]; C];
+        let mut mins = [[_mm_setzero_si128(); 4]; C];
+        for i in 0..4 {
+            let sm = q4k_scales(&*(blk[i].add(4) as *const [u8; 12]));
+            let mv = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, sm[3] as i32, sm[2] as i32));
+            let sc = (sm[0] as u64 | (sm[1] as u64) << 32).to_le_bytes();
+            for c in 0..C {
+                mins[c][i] = _mm_madd_epi16(mv, pair_sums[c]);
+            }
+            let mut s = [_mm256_setzero_si256(); C];
+            for j in 0..4 {
+                // 32 bytes: low nibbles are sub-block 2j, high nibbles sub-block 2j+1.
+                let q = _mm256_loadu_si256(blk[i].add(16 + 32 * j) as *const __m256i);
+                let ql = _mm256_and_si256(q, low);
+                let qh = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
+                let scl = _mm256_set1_epi16(sc[2 * j] as i16);
+                let sch = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+                for c in 0..C {
+                    let y = a.qs.as_ptr().add(rows[c] * k + b * 256 + 64 * j);
+                    let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(ql, _mm256_loadu_si256(y as *const __m256i)), scl);
+                    let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(qh, _mm256_loadu_si256(y.add(32) as *const __m256i)), sch);
+                    s[c] = _mm256_add_epi32(s[c], _mm256_add_epi32(pl, ph));
+                }
+            }
+            for c in 0..C {
+                dots[c][i] = s[c];
+            }
+        }
+        for c in 0..C {
+            let dy = *a.d.get_unchecked(rows[c] * nb + b);
+            let s = _mm_cvtepi32_ps(reduce4(dots[c]));
+            let mn = _mm_cvtepi32_ps(reduce4_128(mins[c]));
+            acc[c] = _mm_fmadd_ps(s, _mm_mul_ps(wd, _mm_set1_ps(dy)), acc[c]);
+            acc[c] = _mm_fmadd_ps(mn, _mm_mul_ps(wdmin, _mm_set1_ps(-dy)), acc[c]);
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q6k<const C: usize>(wr: [*const u8; 4], a: &Acts, rows: [usize; C]) -> [__m128; C] {
+    let low4 = _mm256_set1_epi8(0x0F);
+    let low2 = _mm256_set1_epi8(0x03);
+    // Shuffles that spread sub-scales (2g, 2g+1) over eight bytes each, g = 0..8.
+    let spread: [__m128i; 8] = std::array::from_fn(|g| {
+        let (x, y) = ((2 * g) as i8, (2 * g + 1) as i8);
+        _mm_setr_epi8(x, x, x, x, x, x, x, x, y, y, y, y, y, y, y, y)
+    });
+    let mut acc = [_mm_setzero_ps(); C];
+    let (k, nb) = (a.k, a.nb);
+    for b in 0..nb {
+        let blk: [*const u8; 4] = std::array::from_fn(|i| wr[i].add(b * 210));
+        let wd = scales4(std::array::from_fn(|i| blk[i].add(208)));
+        let bsums: [__m256i; C] =
+            std::array::from_fn(|c| _mm256_loadu_si256(a.bsums.as_ptr().add((rows[c] * nb + b) * 16) as *const __m256i));
+        let mut dots = [[_mm256_setzero_si256(); 4]; C];
+        for i in 0..4 {
+            let scales = _mm_loadu_si128(blk[i].add(192) as *const __m128i);
+            // The weights are stored as 0..64 for -32..32: subtract 32 * (sub-scale * input
+            // sum) per 16-weight sub-block.
+            let sc16 = _mm256_cvtepi8_epi16(scales);
+            let mut s: [__m256i; C] = std::array::from_fn(|c| _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc16, bsums[c])));
+            for c in 0..C {
+                s[c] = _mm256_sub_epi32(_mm256_setzero_si256(), s[c]);
+            }
+            for h in 0..2 {
+                // Each half of 128 weights: 64 bytes of low nibbles, 32 bytes of high pairs.
+                let ql0 = _mm256_loadu_si256(blk[i].add(64 * h) as *const __m256i);
+                let ql1 = _mm256_loadu_si256(blk[i].add(64 * h + 32) as *const __m256i);
+                let qh = _mm256_loadu_si256(blk[i].add(128 + 32 * h) as *const __m256i);
+                let q = [
+                    _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, low2))),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, low4),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), low2)),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), low2)),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), low2)),
+                    ),
+                ];
+                for (g, qg) in q.iter().enumerate() {
+                    let sv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, spread[4 * h + g]));
+                    for c in 0..C {
+                        let y = a.qs.as_ptr().add(rows[c] * k + b * 256 + 128 * h + 32 * g);
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(*qg, _mm256_loadu_si256(y as *const __m256i)), sv);
+                        s[c] = _mm256_add_epi32(s[c], p);
+                    }
+                }
+            }
+            for c in 0..C {
+                dots[c][i] = s[c];
+            }
+        }
+        for c in 0..C {
+            let dy = *a.d.get_unchecked(rows[c] * nb + b);
+            let s = _mm_cvtepi32_ps(reduce4(dots[c]));
+            acc[c] = _mm_fmadd_ps(s, _mm_mul_ps(wd, _mm_set1_ps(dy)), acc[c]);
+        }
+    }
+    acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{QMatMul, QTensor};
+    use candle_core::{Device, Module, Tensor};
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn weights(dtype: GgmlDType, n: usize, k: usize) -> QTensor {
+        let w = Tensor::from_vec(values(n * k, 7), (n, k), &Device::Cpu).unwrap();
+        QTensor::quantize(&w, dtype).unwrap()
+    }
+
+    fn ours(q: &QTensor, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = q.shape().dims2().unwrap();
+        let mut out = vec![0f32; m * n];
+        matmul(Kind::of(q.dtype()).unwrap(), &q.data().unwrap(), n, k, x, m, &mut out);
+        out
+    }
+
+    fn close_to_candle(dtype: GgmlDType) {
+        if !enabled() {
+            return;
+        }
+        // n not a multiple of 4 and m not a multiple of the tile, to cover both tails.
+        let (n, k, m) = (70, 512, 11);
+        let q = weights(dtype, n, k);
+        let x = values(m * k, 11);
+        let got = ours(&q, &x, m);
+        let mm = QMatMul::from_qtensor(q).unwrap();
+        let want = mm.forward(&Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let worst = got.iter().zip(&want).fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+        eprintln!("{dtype:?}: largest difference {worst:e}, largest value {scale}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-4 * scale.max(w.abs()), "{dtype:?} element {i}: {g} vs candle {w} (largest {scale})");
+        }
+    }
+
+    #[test]
+    fn q8_0_matches_candle() {
+        close_to_candle(GgmlDType::Q8_0);
+    }
+
+    #[test]
+    fn q4_1_matches_candle() {
+        close_to_candle(GgmlDType::Q4_1);
+    }
+
+    #[test]
+    fn q4k_matches_candle() {
+        close_to_candle(GgmlDType::Q4K);
+    }
+
+    #[test]
+    fn q6k_matches_candle() {
+        close_to_candle(GgmlDType::Q6K);
+    }
+
+    #[test]
+    fn rows_do_not_depend_on_the_batch() {
+        if !enabled() {
+            return;
+        }
+        let (n, k) = (37, 768);
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_1, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let q = weights(dtype, n, k);
+            let x = values(64 * k, 3);
+            let full = ours(&q, &x, 64);
+            for m in [1usize, 3, 17, 64] {
+                // The last m rows, so that each row sits at another place in the tiles.
+                let part = ours(&q, &x[(64 - m) * k..], m);
+                for (i, (a, b)) in part.iter().zip(&full[(64 - m) * n..]).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} batch {m} element {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn half_conversion_is_exact() {
+        for h in [0u16, 0x3c00, 0xbc00, 0x0001, 0x03ff, 0x7bff, 0x3555, 0x8400] {
+            let want = match h {
+                0x3c00 => 1.0,
+                0xbc00 => -1.0,
+                0x0001 => 2f32.powi(-24),
+                0x03ff => 1023.0 * 2f32.powi(-24),
+                0x7bff => 65504.0,
+                0x3555 => 0.333_251_95,
+                0x8400 => -(2f32.powi(-14)),
+                _ => 0.0,
+            };
+            assert_eq!(half_to_f32(h), want, "{h:#06x}");
+        }
+    }
+}
