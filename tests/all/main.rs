@@ -15,3 +15,4 @@ mod eval;
 mod real_model;
 mod fetch;
 mod train;
+mod peft;

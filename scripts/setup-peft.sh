@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The Python environment of the PEFT compatibility test (tests/all/peft.rs) and of the training
+# benchmark's peer (benches/train_peft.py): torch, transformers, peft and gguf, pinned in
+# tests/peft/requirements.txt, in a venv at $KILN_PEFT_VENV (default .venv-peft in the
+# repository root). Idempotent: a venv already made from the same requirements is left alone.
+#
+# torch comes from the package registry as is: its Linux wheel brings the CUDA libraries
+# (about 5.6 GiB installed) because there is no CPU-only build there; it runs on the CPU all
+# the same.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${KILN_PEFT_VENV:-$root/.venv-peft}"
+req="$root/tests/peft/requirements.txt"
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+
+if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    echo "setup-peft: $venv is up to date"
+    exit 0
+fi
+
+python="${PYTHON:-python3}"
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv" || {
+        echo "setup-peft: '$python -m venv' failed; on Debian, apt-get install python3-venv" >&2
+        exit 1
+    }
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+"$venv/bin/python" -c "import torch, transformers, peft, gguf"
+echo "$want" >"$stamp"
+echo "setup-peft: $venv is ready ($("$venv/bin/python" -c 'import torch, transformers, peft; print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")'))"
