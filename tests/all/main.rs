@@ -11,6 +11,7 @@ mod tokenizer;
 mod model;
 mod tiny;
 mod pilot;
+mod scale;
 mod eval;
 mod real_model;
 mod fetch;

@@ -14,15 +14,15 @@ use crate::common::*;
 use crate::tiny::{self, Tiny};
 
 /// A fixed clock for byte comparisons (timestamps honour SOURCE_DATE_EPOCH).
-const EPOCH: &str = "1700000000";
+pub(crate) const EPOCH: &str = "1700000000";
 
-struct Fixture {
+pub(crate) struct Fixture {
     dir: tempfile::TempDir,
     model: PathBuf,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         let mut dir = tempfile::tempdir().unwrap();
         // KILN_TEST_KEEP=1 keeps the folder for a look afterwards.
         if std::env::var_os("KILN_TEST_KEEP").is_some() {
@@ -34,17 +34,17 @@ impl Fixture {
         Fixture { dir, model }
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
-    fn artifacts(&self) -> PathBuf {
+    pub(crate) fn artifacts(&self) -> PathBuf {
         self.path("artifacts")
     }
 
     /// A pilot config on the tiny model with the reference plugins; `extra` is TOML inserted
     /// at the top level (before any table), `tail` appended at the end.
-    fn config(&self, name: &str, extra: &str, tail: &str) -> PathBuf {
+    pub(crate) fn config(&self, name: &str, extra: &str, tail: &str) -> PathBuf {
         let text = tiny_config(&self.model, &self.artifacts(), extra, tail);
         let p = self.path(name);
         std::fs::write(&p, text).unwrap();
@@ -52,7 +52,7 @@ impl Fixture {
     }
 }
 
-fn q(p: &Path) -> String {
+pub(crate) fn q(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }
 
@@ -131,11 +131,11 @@ path = {qc}
     )
 }
 
-fn pilot(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn pilot(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     stage("pilot", config, args, env, EPOCH)
 }
 
-fn lines(path: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .lines()
@@ -313,7 +313,7 @@ fn exit_codes_tell_gate_failure_from_success() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("gate: PASSED"));
 }
 
-trait NoQc {
+pub(crate) trait NoQc {
     fn replace_qc_rules(self) -> PathBuf;
 }
 
@@ -656,7 +656,7 @@ fn real_model_pilot_with_the_shipped_config() {
 }
 
 /// A train config on a pilot run of the tiny model.
-fn train_config(f: &Fixture, name: &str, dataset: &Path, epochs: usize) -> PathBuf {
+pub(crate) fn train_config(f: &Fixture, name: &str, dataset: &Path, epochs: usize) -> PathBuf {
     let text = format!(
         r#"run_id = "train"
 artifacts_dir = {artifacts}

@@ -15,6 +15,7 @@ pub mod model;
 pub mod pilot;
 pub mod plugin;
 pub mod replay;
+pub mod scale;
 pub mod stats;
 
 /// kiln: turn a base language model into an instruction follower, without a chat template.
@@ -35,6 +36,8 @@ pub enum Command {
     Replay(replay::ReplayCommand),
     /// Show the QC metrics of several runs side by side.
     Compare(compare::CompareCommand),
+    /// A gated pilot's recipe at scale: sharded, resumable generation merged into one dataset.
+    Scale(scale::ScaleCommand),
     /// Paired evaluation of two arms (base and tuned) on a test set, judged by a critic.
     Eval(eval::EvalCommand),
     /// QLoRA training on a gated dataset: a PEFT-format adapter, resumable.
@@ -57,6 +60,7 @@ impl Cli {
             Command::Pilot(c) => c.execute(),
             Command::Replay(c) => c.execute(),
             Command::Compare(c) => c.execute(),
+            Command::Scale(c) => c.execute(),
             Command::Eval(c) => c.execute(),
             Command::Train(c) => c.execute(),
             Command::Model(c) => c.execute(),

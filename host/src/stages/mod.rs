@@ -32,11 +32,13 @@ pub mod error;
 pub mod eval;
 pub mod pilot;
 pub mod process;
+pub mod parquet;
 pub mod progress;
 pub mod raw;
 pub mod records;
 pub mod replay;
 pub mod report;
+pub mod scale;
 pub mod seeds;
 pub mod train;
 

@@ -97,8 +97,48 @@ struct Planned {
     response_seed: u64,
 }
 
-fn plan(cfg: &PilotConfig) -> Vec<Planned> {
-    let sched = type_schedule(&cfg.types, cfg.count);
+/// Which samples a generation run makes, and where: a pilot is shard 0 (ids `p-NNNNN`); a
+/// scale shard is its own run folder with its own shard number in every seed.
+#[derive(Debug, Clone)]
+pub struct Slice {
+    /// The stage recorded in the manifest ("pilot", "scale-shard").
+    pub stage: &'static str,
+    /// Run id.
+    pub run_id: String,
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// The shard number in every sample's seeds.
+    pub shard: u64,
+    /// Samples.
+    pub count: usize,
+    /// Sample ids are `<prefix>NNNNN`.
+    pub id_prefix: String,
+    /// Appended to the resolved config (what makes this slice differ from the config's own run).
+    pub resolved_extra: String,
+    /// Leave `artifacts_dir` out of the resolved config, so that the config hash every sample
+    /// carries does not depend on where the run folder is (a scale's shards).
+    pub portable: bool,
+}
+
+impl Slice {
+    /// The pilot of `cfg`: shard 0, `cfg.count` samples, in `artifacts_dir/run_id`.
+    pub fn pilot(cfg: &PilotConfig) -> Slice {
+        Slice {
+            stage: "pilot",
+            run_id: cfg.run_id.clone(),
+            run_dir: cfg.artifacts_dir.join(&cfg.run_id),
+            shard: PILOT_SHARD,
+            count: cfg.count,
+            id_prefix: "p-".into(),
+            resolved_extra: String::new(),
+            portable: false,
+        }
+    }
+}
+
+fn plan(cfg: &PilotConfig, slice: &Slice) -> Vec<Planned> {
+    let shard = slice.shard;
+    let sched = type_schedule(&cfg.types, slice.count);
     sched
         .into_iter()
         .enumerate()
@@ -106,11 +146,11 @@ fn plan(cfg: &PilotConfig) -> Vec<Planned> {
             let i64_ = i as u64;
             Planned {
                 index: i,
-                id: format!("p-{i:05}"),
+                id: format!("{}{i:05}", slice.id_prefix),
                 type_idx: t,
-                examples: choose(&cfg.types[t].seeds, cfg.examples_per_prompt, derive_seed(cfg.seed, PILOT_SHARD, i64_, "examples")),
-                instruction_seed: derive_seed(cfg.seed, PILOT_SHARD, i64_, "instruction"),
-                response_seed: derive_seed(cfg.seed, PILOT_SHARD, i64_, "response"),
+                examples: choose(&cfg.types[t].seeds, cfg.examples_per_prompt, derive_seed(cfg.seed, shard, i64_, "examples")),
+                instruction_seed: derive_seed(cfg.seed, shard, i64_, "instruction"),
+                response_seed: derive_seed(cfg.seed, shard, i64_, "response"),
             }
         })
         .collect()
@@ -395,6 +435,11 @@ impl Finish<'_> {
 
 /// Run a pilot.
 pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, StageError> {
+    run_slice(cfg, &Slice::pilot(cfg), opts)
+}
+
+/// Generate, clean, judge and gate the samples of `slice` with the model and plugins of `cfg`.
+pub fn run_slice(cfg: &PilotConfig, slice: &Slice, opts: &PilotOptions) -> Result<PilotOutcome, StageError> {
     let wall = Instant::now();
     let mut timings = Timings::default();
     let progress = &opts.progress;
@@ -413,13 +458,17 @@ pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, Stage
 
     let (engine, guard_report) = load_model(cfg, &mut timings)?;
     let shas: Vec<String> = loaded.iter().map(|l| l.plugin.sha256.clone()).collect();
-    let resolved = cfg.resolved_toml(&shas, &engine.info.path, &engine.info.sha256);
-    let run_dir = cfg.artifacts_dir.join(&cfg.run_id);
-    let (run, state) = open_run(&run_dir, &cfg.run_id, "pilot", &resolved, &mut timings)?;
-    let mut log = vec![format!("[{}] kiln pilot --config {}: invocation started", now(), file)];
+    let mut resolved = cfg.resolved_toml(&shas, &engine.info.path, &engine.info.sha256);
+    if slice.portable {
+        resolved = resolved.lines().filter(|l| !l.starts_with("artifacts_dir = ")).map(|l| format!("{l}\n")).collect();
+    }
+    resolved.push_str(&slice.resolved_extra);
+    let run_dir = slice.run_dir.clone();
+    let (run, state) = open_run(&run_dir, &slice.run_id, slice.stage, &resolved, &mut timings)?;
+    let mut log = vec![format!("[{}] kiln {} {} (config {}): invocation started", now(), slice.stage, slice.run_id, file)];
 
     // Instruction prompts.
-    let planned = plan(cfg);
+    let planned = plan(cfg, slice);
     let mut tq = template.fresh_quarantine(&run)?;
     let mut tw = template.plugin.worker(template.seed);
     let tname = template.plugin.name.clone();
@@ -458,7 +507,7 @@ pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, Stage
     let phase_run = PhaseRun {
         engine: &engine,
         run: &run,
-        shard: PILOT_SHARD,
+        shard: slice.shard,
         sampling: &cfg.instruction_sampling,
         batch_size: cfg.batch_size,
         chunk_size: cfg.chunk_size,
@@ -520,7 +569,7 @@ pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, Stage
     let phase_run = PhaseRun {
         engine: &engine,
         run: &run,
-        shard: PILOT_SHARD,
+        shard: slice.shard,
         sampling: &cfg.response_sampling,
         batch_size: cfg.batch_size,
         chunk_size: cfg.chunk_size,
@@ -564,7 +613,7 @@ pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, Stage
     let build = kiln_build();
     let records: Vec<_> = loaded.iter().map(Loaded::record).collect();
     let provenance = SampleProvenance {
-        run_id: cfg.run_id.clone(),
+        run_id: slice.run_id.clone(),
         kiln_revision: build.git_revision.clone(),
         kiln_dirty: build.git_dirty,
         kiln_version: build.version.clone(),
@@ -581,8 +630,8 @@ pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, Stage
     };
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
-        stage: "pilot".into(),
-        run_id: cfg.run_id.clone(),
+        stage: slice.stage.into(),
+        run_id: slice.run_id.clone(),
         status: "complete".into(),
         started_at: state.started_at.clone(),
         finished_at: String::new(),
@@ -591,7 +640,7 @@ pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, Stage
         config_file: cfg.file.clone(),
         config_hash: state.config_hash.clone(),
         seed: cfg.seed,
-        count: cfg.count,
+        count: slice.count,
         model: model_record(&engine),
         guard: serde_json::to_value(&guard_report).expect("serialises"),
         plugins: records,
@@ -612,8 +661,8 @@ pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, Stage
     }
     let finish = Finish {
         run: &run,
-        stage: "pilot",
-        run_id: &cfg.run_id,
+        stage: slice.stage,
+        run_id: &slice.run_id,
         raw: &raw,
         template_dropped,
         template_quarantined,
@@ -628,8 +677,8 @@ pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, Stage
     resumed.insert("instruction".to_string(), resumed_i);
     resumed.insert("response".to_string(), resumed_r);
     let summary = Summary {
-        stage: "pilot".into(),
-        run_id: cfg.run_id.clone(),
+        stage: slice.stage.into(),
+        run_id: slice.run_id.clone(),
         run_dir: run_dir.clone(),
         pass: qc.pass,
         reasons: qc.reasons.clone(),
@@ -640,7 +689,7 @@ pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, Stage
         resumed,
         wall_seconds,
         timings: timings.entries(),
-        examples_per_minute: cfg.count as f64 / (wall_seconds / 60.0).max(1e-9),
+        examples_per_minute: slice.count as f64 / (wall_seconds / 60.0).max(1e-9),
     };
     write_stats(&run, &summary, &timings, scorer.computed, scorer.cached)?;
     log.push(format!(
@@ -652,7 +701,7 @@ pub fn run(cfg: &PilotConfig, opts: &PilotOptions) -> Result<PilotOutcome, Stage
         if qc.pass { "PASSED" } else { "FAILED" },
         wall_seconds
     ));
-    append_log(&run, "pilot", &log)?;
+    append_log(&run, slice.stage, &log)?;
     abort_point("before-manifest");
     manifest.write(&run)?;
     Ok(PilotOutcome { summary, manifest })

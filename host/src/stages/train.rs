@@ -74,17 +74,19 @@ struct Dataset {
 fn read_dataset(cfg: &TrainConfig) -> Result<Dataset, StageError> {
     let dir = &cfg.dataset;
     let refuse = |what: String| StageError::Invalid(format!("{}: dataset \"{}\": {what}", cfg.file.display(), dir.display()));
-    let manifest = Manifest::read(dir).map_err(|e| refuse(format!("{e}; train only on a finished kiln run (pilot or replay)")))?;
-    if !["pilot", "replay"].contains(&manifest.stage.as_str()) {
-        return Err(refuse(format!("is a {} run; training data comes from a pilot or replay run", manifest.stage)));
-    }
+    let manifest = Manifest::read(dir).map_err(|e| refuse(format!("{e}; train only on a finished kiln run (pilot, replay or scale)")))?;
+    // The accepted set, and where the run's resolved config keeps the pilot config.
+    let (rel, config_root) = match manifest.stage.as_str() {
+        "pilot" | "replay" => (super::pilot::files::ACCEPTED, None),
+        "scale" => (super::scale::scale_files::DATASET, Some("pilot_config")),
+        other => return Err(refuse(format!("is a {other} run; training data comes from a pilot, replay or scale run"))),
+    };
     if manifest.status != "complete" {
         return Err(refuse(format!("its run is {}, not complete", manifest.status)));
     }
     if !manifest.gate.pass {
         return Err(refuse(format!("its gate did not pass ({}); fix the data and run again", manifest.gate.reasons.join("; "))));
     }
-    let rel = super::pilot::files::ACCEPTED;
     let expected = manifest.files.get(rel).ok_or_else(|| refuse(format!("its manifest lists no {rel}")))?.clone();
     manifest.verify_files(dir).map_err(|e| refuse(format!("{e}")))?;
     let samples: Vec<Accepted> = crate::sandbox::read_jsonl(&dir.join(rel)).map_err(|e| refuse(e.to_string()))?;
@@ -95,11 +97,15 @@ fn read_dataset(cfg: &TrainConfig) -> Result<Dataset, StageError> {
     let resolved_path = dir.join(super::pilot::files::CONFIG);
     let text = std::fs::read_to_string(&resolved_path).map_err(|e| refuse(format!("cannot read {}: {e}", resolved_path.display())))?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| refuse(format!("{}: {e}", resolved_path.display())))?;
-    let tpl = table
+    let root = match config_root {
+        Some(k) => table.get(k).and_then(|v| v.as_table()).ok_or_else(|| refuse(format!("{} has no [{k}]", resolved_path.display())))?,
+        None => &table,
+    };
+    let tpl = root
         .get("plugins")
         .and_then(|p| p.get("template"))
         .cloned()
-        .ok_or_else(|| refuse(format!("{} has no [plugins.template]", resolved_path.display())))?;
+        .ok_or_else(|| refuse(format!("{} has no plugins.template", resolved_path.display())))?;
     let tpl: PluginConfig = tpl.try_into().map_err(|e| refuse(format!("{} [plugins.template]: {e}", resolved_path.display())))?;
     let cx = Ctx::new(resolved_path.display().to_string(), dir);
     let template = cx.plugin_entry("plugins.template".into(), &tpl)?;
