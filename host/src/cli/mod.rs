@@ -17,6 +17,7 @@ pub mod plugin;
 pub mod replay;
 pub mod scale;
 pub mod stats;
+pub mod testset;
 
 /// kiln: turn a base language model into an instruction follower, without a chat template.
 #[derive(Debug, Parser)]
@@ -38,6 +39,8 @@ pub enum Command {
     Compare(compare::CompareCommand),
     /// A gated pilot's recipe at scale: sharded, resumable generation merged into one dataset.
     Scale(scale::ScaleCommand),
+    /// The held-out test set, generated with its own seed and checked against a training set.
+    Testset(testset::TestsetCommand),
     /// Paired evaluation of two arms (base and tuned) on a test set, judged by a critic.
     Eval(eval::EvalCommand),
     /// QLoRA training on a gated dataset: a PEFT-format adapter, resumable.
@@ -61,6 +64,7 @@ impl Cli {
             Command::Replay(c) => c.execute(),
             Command::Compare(c) => c.execute(),
             Command::Scale(c) => c.execute(),
+            Command::Testset(c) => c.execute(),
             Command::Eval(c) => c.execute(),
             Command::Train(c) => c.execute(),
             Command::Model(c) => c.execute(),

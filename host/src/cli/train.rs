@@ -27,6 +27,9 @@ pub struct TrainCommand {
     /// The dataset: a finished run's folder; replaces the config's.
     #[arg(long)]
     pub dataset: Option<PathBuf>,
+    /// The paired test set (a `kiln testset` run checked against the dataset); replaces the config's.
+    #[arg(long)]
+    pub test_set: Option<PathBuf>,
 }
 
 fn print(out: &TrainOutcome) {
@@ -54,7 +57,7 @@ fn print(out: &TrainOutcome) {
 impl TrainCommand {
     /// Run it.
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let ov = TrainOverrides { run_id: self.run.run_id.clone(), artifacts_dir: self.run.artifacts_dir.clone(), dataset: self.dataset.clone() };
+        let ov = TrainOverrides { run_id: self.run.run_id.clone(), artifacts_dir: self.run.artifacts_dir.clone(), dataset: self.dataset.clone(), test_set: self.test_set.clone() };
         let cfg = TrainConfig::load(&self.config, &ov)?;
         let out = run(&cfg, &TrainRunOptions { progress: self.run.progress() }).with_context(|| format!("train \"{}\" failed", cfg.run_id))?;
         if self.run.json {

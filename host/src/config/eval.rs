@@ -28,7 +28,9 @@ pub struct EvalFile {
     pub artifacts_dir: Option<PathBuf>,
     /// Seeds the plugins' random sources (answers are greedy).
     pub seed: u64,
-    /// The test set: JSON lines `{"id"?, "instruction_type", "instruction"}`.
+    /// The test set: JSON lines `{"id"?, "instruction_type", "instruction"}`, or a `kiln testset`
+    /// run folder (its testset.jsonl). An arm with an adapter from a `kiln train` run needs a
+    /// test set checked against that run's training data.
     pub test_set: PathBuf,
     /// The gate: overall exact McNemar p below this, and the tuned arm ahead.
     pub alpha: Option<f64>,
@@ -107,6 +109,8 @@ pub struct EvalConfig {
     pub seed: u64,
     /// The test set file (absolute).
     pub test_set: PathBuf,
+    /// The `kiln testset` run the file belongs to, when `test_set` named one.
+    pub test_set_run: Option<PathBuf>,
     /// The test set's sha256 (of the bytes the items were read from).
     pub test_set_sha256: String,
     /// The test items, in file order.
@@ -272,16 +276,24 @@ impl EvalFile {
             stop_after_text: self.stop_after_text.unwrap_or(false),
         };
 
-        let (test_set, (items, test_set_sha256)) = match &ov.test_set {
+        // A `kiln testset` run folder stands for its testset.jsonl.
+        let in_run = |full: PathBuf| -> (PathBuf, Option<PathBuf>) {
+            if full.is_dir() {
+                (full.join(crate::stages::testset::testset_files::TESTSET), Some(full))
+            } else {
+                (full, None)
+            }
+        };
+        let (test_set, test_set_run, (items, test_set_sha256)) = match &ov.test_set {
             Some(p) => {
-                let full = absolute(p);
+                let (full, run) = in_run(absolute(p));
                 let read = read_test_set(&full, p, "command line", "--test-set")?;
-                (full, read)
+                (full, run, read)
             }
             None => {
-                let full = cx.path(&self.test_set);
+                let (full, run) = in_run(cx.path(&self.test_set));
                 let read = read_test_set(&full, &self.test_set, &cx.file, "test_set")?;
-                (full, read)
+                (full, run, read)
             }
         };
 
@@ -318,6 +330,7 @@ impl EvalFile {
             artifacts_dir,
             seed: self.seed,
             test_set,
+            test_set_run,
             test_set_sha256,
             items,
             alpha,

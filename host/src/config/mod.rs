@@ -10,6 +10,7 @@ use crate::plugin::{Limits, PluginSpec};
 pub mod eval;
 pub mod pilot;
 pub mod scale;
+pub mod testset;
 pub mod train;
 
 /// A plugin as named in a config file.

@@ -20,6 +20,9 @@ pub struct TrainFile {
     pub artifacts_dir: Option<PathBuf>,
     /// The dataset: the folder of a finished kiln run whose gate passed (a pilot or a replay).
     pub dataset: PathBuf,
+    /// The held-out test set this training is paired with (a `kiln testset` run folder): it must
+    /// have been checked against this dataset, else training is refused; recorded.
+    pub test_set: Option<PathBuf>,
     /// Seeds adapter initialisation, the split, shuffling and dropout.
     pub seed: u64,
     /// Longest example in tokens (prompt + response + EOS); longer ones are left out and counted.
@@ -97,6 +100,8 @@ pub struct TrainConfig {
     pub artifacts_dir: PathBuf,
     /// The dataset's run folder (absolute).
     pub dataset: PathBuf,
+    /// The paired test set's run folder (absolute), if any.
+    pub test_set: Option<PathBuf>,
     /// Longest example.
     pub max_seq_len: usize,
     /// Held-out share.
@@ -116,6 +121,8 @@ pub struct TrainOverrides {
     pub artifacts_dir: Option<PathBuf>,
     /// `--dataset` (relative to the current directory).
     pub dataset: Option<PathBuf>,
+    /// `--test-set` (relative to the current directory).
+    pub test_set: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -132,6 +139,9 @@ impl TrainConfig {
         t.insert("artifacts_dir".into(), V::String(self.artifacts_dir.display().to_string()));
         t.insert("dataset".into(), V::String(self.dataset.display().to_string()));
         t.insert("dataset_sha256".into(), V::String(dataset_sha256.to_string()));
+        if let Some(ts) = &self.test_set {
+            t.insert("test_set".into(), V::String(ts.display().to_string()));
+        }
         t.insert("max_seq_len".into(), V::Integer(self.max_seq_len as i64));
         t.insert("validation_fraction".into(), V::Float(self.validation_fraction));
         let o = &self.options;
@@ -182,6 +192,11 @@ impl TrainFile {
         if !dataset.is_dir() {
             return Err(dcx.err(dfield, quoted(&shown), format!("is not a run folder ({} does not exist or is not a directory)", dataset.display())));
         }
+        let test_set = match (&ov.test_set, &self.test_set) {
+            (Some(t), _) => Some(absolute(t)),
+            (None, Some(t)) => Some(cx.path(t)),
+            (None, None) => None,
+        };
         let positive = |field: &str, v: Option<usize>, default: usize| -> Result<usize, ConfigError> {
             match v {
                 Some(0) => Err(cx.err(field, 0, "must be at least 1")),
@@ -247,6 +262,7 @@ impl TrainFile {
             run_id,
             artifacts_dir,
             dataset,
+            test_set,
             max_seq_len,
             validation_fraction,
             warmup_steps: r.warmup_steps,

@@ -330,12 +330,44 @@ pub fn chart(stats: &PairedReport) -> Result<Vec<u8>, StageError> {
         .map_err(|e| StageError::Invalid(e.to_string()))
 }
 
+/// An arm whose adapter comes from a `kiln train` run is judged on a test set that `kiln
+/// testset` checked against that run's training data; anything else is refused. (An adapter
+/// from elsewhere has no known training data to check against.)
+fn check_pairs(cfg: &EvalConfig) -> Result<(), StageError> {
+    for arm in &cfg.arms {
+        let Some((dir, _)) = &arm.adapter else { continue };
+        let Some(train_dir) = dir.parent() else { continue };
+        let Ok(m) = Manifest::read(train_dir) else { continue };
+        let Some(dataset) = m.dataset.as_ref().filter(|_| m.stage == "train") else { continue };
+        let refuse = |why: String| {
+            StageError::Invalid(format!(
+                "{}: the {} arm's adapter was trained on {} ({}); test set \"{}\": {why}",
+                cfg.file.display(),
+                arm.name,
+                dataset.run_id,
+                dataset.run_dir.join(&dataset.file).display(),
+                cfg.test_set.display()
+            ))
+        };
+        let run = cfg.test_set_run.as_ref().ok_or_else(|| {
+            refuse(format!(
+                "is a plain file, never checked against that training data; make one with `kiln testset --dataset {}` and name its folder",
+                dataset.run_dir.display()
+            ))
+        })?;
+        super::testset::checked_pair(run, dataset).map_err(refuse)?;
+    }
+    Ok(())
+}
+
 /// Run an eval.
 pub fn run(cfg: &EvalConfig, opts: &EvalOptions) -> Result<EvalOutcome, StageError> {
     let wall = Instant::now();
     let mut timings = Timings::default();
     let progress = &opts.progress;
     let file = cfg.file.display().to_string();
+
+    check_pairs(cfg)?;
 
     // Plugins: the two templates, then the critic.
     let rt = Runtime::with_default_cache()?;

@@ -28,6 +28,7 @@
 
 pub mod chart;
 pub mod compare;
+pub mod dataset;
 pub mod error;
 pub mod eval;
 pub mod pilot;
@@ -40,6 +41,7 @@ pub mod replay;
 pub mod report;
 pub mod scale;
 pub mod seeds;
+pub mod testset;
 pub mod train;
 
 pub use error::StageError;

@@ -74,43 +74,19 @@ struct Dataset {
 fn read_dataset(cfg: &TrainConfig) -> Result<Dataset, StageError> {
     let dir = &cfg.dataset;
     let refuse = |what: String| StageError::Invalid(format!("{}: dataset \"{}\": {what}", cfg.file.display(), dir.display()));
-    let manifest = Manifest::read(dir).map_err(|e| refuse(format!("{e}; train only on a finished kiln run (pilot, replay or scale)")))?;
-    // The accepted set, and where the run's resolved config keeps the pilot config.
-    let (rel, config_root) = match manifest.stage.as_str() {
-        "pilot" | "replay" => (super::pilot::files::ACCEPTED, None),
-        "scale" => (super::scale::scale_files::DATASET, Some("pilot_config")),
-        other => return Err(refuse(format!("is a {other} run; training data comes from a pilot, replay or scale run"))),
-    };
-    if manifest.status != "complete" {
-        return Err(refuse(format!("its run is {}, not complete", manifest.status)));
-    }
-    if !manifest.gate.pass {
-        return Err(refuse(format!("its gate did not pass ({}); fix the data and run again", manifest.gate.reasons.join("; "))));
-    }
-    let expected = manifest.files.get(rel).ok_or_else(|| refuse(format!("its manifest lists no {rel}")))?.clone();
-    manifest.verify_files(dir).map_err(|e| refuse(format!("{e}")))?;
-    let samples: Vec<Accepted> = crate::sandbox::read_jsonl(&dir.join(rel)).map_err(|e| refuse(e.to_string()))?;
-    if samples.is_empty() {
-        return Err(refuse(format!("{rel} holds no examples")));
-    }
+    let run = super::dataset::open_gated(dir).map_err(refuse)?;
     // The template as the run used it: its resolved config, pinned by hash.
-    let resolved_path = dir.join(super::pilot::files::CONFIG);
-    let text = std::fs::read_to_string(&resolved_path).map_err(|e| refuse(format!("cannot read {}: {e}", resolved_path.display())))?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| refuse(format!("{}: {e}", resolved_path.display())))?;
-    let root = match config_root {
-        Some(k) => table.get(k).and_then(|v| v.as_table()).ok_or_else(|| refuse(format!("{} has no [{k}]", resolved_path.display())))?,
-        None => &table,
-    };
-    let tpl = root
+    let tpl = run
+        .recipe
         .get("plugins")
         .and_then(|p| p.get("template"))
         .cloned()
-        .ok_or_else(|| refuse(format!("{} has no plugins.template", resolved_path.display())))?;
-    let tpl: PluginConfig = tpl.try_into().map_err(|e| refuse(format!("{} [plugins.template]: {e}", resolved_path.display())))?;
-    let cx = Ctx::new(resolved_path.display().to_string(), dir);
+        .ok_or_else(|| refuse(format!("{} has no plugins.template", run.recipe_path.display())))?;
+    let tpl: PluginConfig = tpl.try_into().map_err(|e| refuse(format!("{} [plugins.template]: {e}", run.recipe_path.display())))?;
+    let cx = Ctx::new(run.recipe_path.display().to_string(), dir);
     let template = cx.plugin_entry("plugins.template".into(), &tpl)?;
-    let record = DatasetRecord { run_id: manifest.run_id.clone(), run_dir: dir.clone(), file: rel.to_string(), sha256: expected, records: samples.len() };
-    Ok(Dataset { manifest, record, samples, template })
+    let record = run.record();
+    Ok(Dataset { manifest: run.manifest, record, samples: run.samples, template })
 }
 
 fn peak_rss() -> Option<u64> {
@@ -134,6 +110,12 @@ pub fn run(cfg: &TrainConfig, opts: &TrainRunOptions) -> Result<TrainOutcome, St
     let mut timings = Timings::default();
     let file = cfg.file.display().to_string();
     let data = timings.time("dataset", || read_dataset(cfg))?;
+    let test_set = match &cfg.test_set {
+        Some(dir) => Some(super::testset::checked_pair(dir, &data.record).map_err(|why| {
+            StageError::Invalid(format!("{}: test set \"{}\": {why}", cfg.file.display(), dir.display()))
+        })?),
+        None => None,
+    };
 
     // The base: the dataset's model, by hash.
     let m = &data.manifest.model;
@@ -282,7 +264,7 @@ pub fn run(cfg: &TrainConfig, opts: &TrainRunOptions) -> Result<TrainOutcome, St
         files: out_files,
         source: None,
         arms: vec![],
-        test_set: None,
+        test_set,
         dataset: Some(data.record.clone()),
         training: Some(summary),
     };

@@ -510,6 +510,11 @@ impl GramSet {
         self.hashes.len()
     }
 
+    /// The n-grams' 64-bit hashes, sorted, without duplicates.
+    pub fn hashes(&self) -> &[u64] {
+        &self.hashes
+    }
+
     /// True for a text without words.
     pub fn is_empty(&self) -> bool {
         self.hashes.is_empty()
