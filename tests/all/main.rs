@@ -12,6 +12,7 @@ mod model;
 mod tiny;
 mod pilot;
 mod scale;
+mod slurm;
 mod testset;
 mod eval;
 mod real_model;

@@ -16,6 +16,7 @@ pub mod pilot;
 pub mod plugin;
 pub mod replay;
 pub mod scale;
+pub mod slurm;
 pub mod stats;
 pub mod testset;
 
@@ -39,6 +40,9 @@ pub enum Command {
     Compare(compare::CompareCommand),
     /// A gated pilot's recipe at scale: sharded, resumable generation merged into one dataset.
     Scale(scale::ScaleCommand),
+    /// Run a scale on a Slurm cluster (job array + merge job) and follow it.
+    #[command(subcommand)]
+    Slurm(slurm::SlurmCommand),
     /// The held-out test set, generated with its own seed and checked against a training set.
     Testset(testset::TestsetCommand),
     /// Paired evaluation of two arms (base and tuned) on a test set, judged by a critic.
@@ -64,6 +68,7 @@ impl Cli {
             Command::Replay(c) => c.execute(),
             Command::Compare(c) => c.execute(),
             Command::Scale(c) => c.execute(),
+            Command::Slurm(c) => c.execute(),
             Command::Testset(c) => c.execute(),
             Command::Eval(c) => c.execute(),
             Command::Train(c) => c.execute(),

@@ -41,6 +41,7 @@ pub mod replay;
 pub mod report;
 pub mod scale;
 pub mod seeds;
+pub mod slurm;
 pub mod testset;
 pub mod train;
 
