@@ -14,6 +14,7 @@ mod pilot;
 mod scale;
 mod slurm;
 mod testset;
+mod review;
 mod eval;
 mod real_model;
 mod fetch;

@@ -15,6 +15,8 @@ pub mod model;
 pub mod pilot;
 pub mod plugin;
 pub mod replay;
+pub mod review;
+pub mod runs;
 pub mod scale;
 pub mod slurm;
 pub mod stats;
@@ -49,6 +51,10 @@ pub enum Command {
     Eval(eval::EvalCommand),
     /// QLoRA training on a gated dataset: a PEFT-format adapter, resumable.
     Train(train::TrainCommand),
+    /// A review packet at a gate (and an external reviewer), or the decision on a run.
+    Review(review::ReviewCommand),
+    /// Every run under the artifacts folder: stage, status, times, gate, lineage, cost.
+    Runs(runs::RunsCommand),
     /// Work with models: fetch, inspect, tokenize, generate, score.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -72,6 +78,8 @@ impl Cli {
             Command::Testset(c) => c.execute(),
             Command::Eval(c) => c.execute(),
             Command::Train(c) => c.execute(),
+            Command::Review(c) => c.execute(),
+            Command::Runs(c) => c.execute(),
             Command::Model(c) => c.execute(),
             Command::Plugin(c) => c.execute(),
             Command::Stats(c) => c.execute(),

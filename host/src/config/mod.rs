@@ -9,6 +9,7 @@ use crate::plugin::{Limits, PluginSpec};
 
 pub mod eval;
 pub mod pilot;
+pub mod review;
 pub mod scale;
 pub mod testset;
 pub mod train;

@@ -31,6 +31,9 @@ pub struct ScaleFile {
     pub count: Option<usize>,
     /// Shards (default 10).
     pub shards: Option<usize>,
+    /// Refuse a pilot without an approved review (`kiln review PILOT --approve`).
+    #[serde(default)]
+    pub require_review: bool,
     /// Pilot parameters changed for the scale, by their dotted names in the pilot's
     /// `config.resolved.toml` (`"sampling.response.temperature" = 0.8`); recorded.
     #[serde(default)]
@@ -93,6 +96,8 @@ pub struct ScaleConfig {
     pub count: usize,
     /// Shards.
     pub shards: usize,
+    /// Refuse a pilot without an approved review.
+    pub require_review: bool,
     /// Overrides: dotted key -> value (file's, then the command line's).
     pub overrides: BTreeMap<String, toml::Value>,
     /// Dedup n-gram size and threshold, when given.
@@ -157,6 +162,7 @@ impl ScaleConfig {
                 pilot: PathBuf::new(),
                 count: None,
                 shards: None,
+                require_review: false,
                 overrides: toml::Table::new(),
                 dedup: DedupSection::default(),
                 slurm: SlurmSection::default(),
@@ -248,6 +254,7 @@ impl ScaleFile {
             pilot,
             count,
             shards,
+            require_review: self.require_review,
             overrides,
             dedup: self.dedup,
             slurm: self.slurm,
@@ -284,6 +291,7 @@ mod tests {
             pilot: PathBuf::from("p"),
             count: Some(10),
             shards: Some(4),
+            require_review: false,
             overrides: toml::Table::new(),
             dedup: DedupSection::default(),
             slurm: SlurmSection::default(),

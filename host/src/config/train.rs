@@ -23,6 +23,9 @@ pub struct TrainFile {
     /// The held-out test set this training is paired with (a `kiln testset` run folder): it must
     /// have been checked against this dataset, else training is refused; recorded.
     pub test_set: Option<PathBuf>,
+    /// Refuse a dataset whose run has no approved review (`kiln review RUN --approve`).
+    #[serde(default)]
+    pub require_review: bool,
     /// Seeds adapter initialisation, the split, shuffling and dropout.
     pub seed: u64,
     /// Longest example in tokens (prompt + response + EOS); longer ones are left out and counted.
@@ -102,6 +105,8 @@ pub struct TrainConfig {
     pub dataset: PathBuf,
     /// The paired test set's run folder (absolute), if any.
     pub test_set: Option<PathBuf>,
+    /// Refuse a dataset without an approved review.
+    pub require_review: bool,
     /// Longest example.
     pub max_seq_len: usize,
     /// Held-out share.
@@ -263,6 +268,7 @@ impl TrainFile {
             artifacts_dir,
             dataset,
             test_set,
+            require_review: self.require_review,
             max_seq_len,
             validation_fraction,
             warmup_steps: r.warmup_steps,

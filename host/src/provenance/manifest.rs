@@ -263,6 +263,31 @@ pub struct Manifest {
     /// For a training run: its settings, split and losses.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub training: Option<serde_json::Value>,
+    /// What the run cost: wall, CPU and device time over its finished invocations.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub resources: Option<super::accounting::Resources>,
+    /// The review decision, once a reviewer approved or rejected the run.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub review: Option<ReviewDecision>,
+}
+
+/// A reviewer's decision on a run (`kiln review RUN --approve|--reject`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewDecision {
+    /// "approved" or "rejected".
+    pub decision: String,
+    /// Who decided.
+    pub by: String,
+    /// When.
+    pub at: String,
+    /// Why.
+    pub note: String,
+    /// Approved although the run's gate had failed (`--force`).
+    #[serde(default)]
+    pub forced: bool,
+    /// sha256 of the review packet the decision was made on, if one was written.
+    #[serde(default)]
+    pub packet_sha256: Option<String>,
 }
 
 /// The dataset a training run used.

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+pub mod accounting;
 pub mod manifest;
 
 /// Lower-case hex sha256 of some bytes.

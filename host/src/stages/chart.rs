@@ -206,6 +206,79 @@ pub fn lines_png(title: &str, x_label: &str, y_label: &str, lines: &[Line], size
     encode(&buf, size).map_err(err)
 }
 
+/// Overlaid histograms of several series over shared bins (e.g. critic margins per aspect):
+/// `bins` equal-width bins from the smallest to the largest finite value, counts per series
+/// drawn as translucent bars, and a dashed line at x = 0 when 0 is in range.
+pub fn histogram_png(title: &str, x_label: &str, series: &[(String, Vec<f64>)], bins: usize, size: (u32, u32)) -> Result<Vec<u8>, ChartError> {
+    let err = |message: String| ChartError { title: title.to_string(), message };
+    font().map_err(err)?;
+    let all: Vec<f64> = series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite()).collect();
+    if all.is_empty() || bins == 0 {
+        return Err(err("no finite values to draw".into()));
+    }
+    let (lo, hi) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let hi = if hi > lo { hi } else { lo + 1.0 };
+    let width = (hi - lo) / bins as f64;
+    let counts: Vec<Vec<u32>> = series
+        .iter()
+        .map(|(_, v)| {
+            let mut c = vec![0u32; bins];
+            for &x in v.iter().filter(|x| x.is_finite()) {
+                c[(((x - lo) / width) as usize).min(bins - 1)] += 1;
+            }
+            c
+        })
+        .collect();
+    let top = counts.iter().flatten().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
+    let (w, h) = size;
+    let mut buf = vec![0u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(18)
+            .x_label_area_size(48)
+            .y_label_area_size(56)
+            .build_cartesian_2d(lo..hi, 0.0..top)
+            .map_err(|e| err(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc("count")
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 16))
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        for (i, ((name, _), c)) in series.iter().zip(&counts).enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(c.iter().enumerate().filter(|(_, &n)| n > 0).map(|(b, &n)| {
+                    let x0 = lo + b as f64 * width;
+                    Rectangle::new([(x0, 0.0), (x0 + width, n as f64)], color.mix(0.55).filled())
+                }))
+                .map_err(|e| err(e.to_string()))?
+                .label(format!("{name} (n = {})", c.iter().sum::<u32>()))
+                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], color.mix(0.55).filled()));
+        }
+        if lo < 0.0 && hi > 0.0 {
+            chart
+                .draw_series(DashedLineSeries::new(vec![(0.0, 0.0), (0.0, top)], 6, 4, BLACK.stroke_width(1)))
+                .map_err(|e| err(e.to_string()))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    encode(&buf, size).map_err(err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +291,14 @@ mod tests {
         assert_eq!(&png[1..4], b"PNG");
         let empty = Line { name: "x".into(), points: vec![(1.0, f64::NAN)], dots: false };
         assert!(lines_png("loss", "step", "nats", &[empty], (640, 400)).unwrap_err().to_string().contains("no finite points"));
+    }
+
+    #[test]
+    fn a_histogram_counts_every_value_into_its_bin() {
+        let a: Vec<f64> = (0..50).map(|i| i as f64 / 10.0 - 2.0).collect();
+        let png = histogram_png("margins", "margin", &[("instruction".into(), a), ("response".into(), vec![1.0, 1.5])], 10, (640, 400)).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        assert!(histogram_png("m", "x", &[("a".into(), vec![f64::NAN])], 10, (100, 100)).is_err());
     }
 
     #[test]

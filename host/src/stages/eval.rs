@@ -596,6 +596,8 @@ pub fn run(cfg: &EvalConfig, opts: &EvalOptions) -> Result<EvalOutcome, StageErr
         test_set: Some(FileRecord { path: cfg.test_set.clone(), sha256: cfg.test_set_sha256.clone(), records: items.len() }),
         dataset: None,
         training: None,
+        resources: None,
+        review: None,
     };
     manifest.finished_at = now();
     let wall_seconds = wall.elapsed().as_secs_f64();
@@ -607,6 +609,7 @@ pub fn run(cfg: &EvalConfig, opts: &EvalOptions) -> Result<EvalOutcome, StageErr
         if g.pass { "PASSED" } else { "FAILED" }
     ));
     append_log(&run, "eval", &log)?;
+    manifest.resources = Some(crate::provenance::accounting::account(&run, wall.elapsed())?);
     manifest.write(&run)?;
     Ok(EvalOutcome { run_dir, gate: g, statistics: stats, resumed, wall_seconds, manifest })
 }

@@ -6,6 +6,9 @@
 //!   resumes where it stopped and ends with the bytes an uninterrupted run writes.
 //! - [`replay`]: another config's cleaners, critics and QC rules on a run's stored raw pool.
 //! - [`compare`]: several runs' QC metrics side by side.
+//! - [`scale`]: a gated pilot's recipe in shards (each a pilot-style run), merged with
+//!   cross-shard dedup and QC on the whole; [`slurm`] runs the shards as a Slurm job array.
+//! - [`testset`]: held-out instructions kept apart from a training dataset ([`dataset`]).
 //! - [`eval`]: paired evaluation of two arms on a test set, with statistics, report and chart.
 //!
 //! A run directory (`artifacts/<run-id>/`):
@@ -39,6 +42,8 @@ pub mod raw;
 pub mod records;
 pub mod replay;
 pub mod report;
+pub mod review;
+pub mod runs;
 pub mod scale;
 pub mod seeds;
 pub mod slurm;

@@ -84,6 +84,12 @@ pub struct RunState {
     pub config_hash: String,
     /// When the first invocation started.
     pub started_at: String,
+    /// The command line of the first invocation (what resumes the run).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The directory it ran in.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
 }
 
 /// One planned sample.
@@ -239,7 +245,14 @@ pub fn open_run(dir: &Path, run_id: &str, stage: &str, resolved: &str, timings: 
     let state = match run.read_optional(files::STATE)?.and_then(|b| serde_json::from_slice::<RunState>(&b).ok()) {
         Some(s) if s.config_hash == config_hash => s,
         _ => {
-            let s = RunState { run_id: run_id.to_string(), stage: stage.to_string(), config_hash, started_at: now() };
+            let s = RunState {
+                run_id: run_id.to_string(),
+                stage: stage.to_string(),
+                config_hash,
+                started_at: now(),
+                command: std::env::args().collect(),
+                cwd: std::env::current_dir().ok(),
+            };
             write_json(&run, files::STATE, &s)?;
             s
         }
@@ -653,6 +666,8 @@ pub fn run_slice(cfg: &PilotConfig, slice: &Slice, opts: &PilotOptions) -> Resul
         test_set: None,
         dataset: None,
         training: None,
+        resources: None,
+        review: None,
     };
     let quarantine_files: Vec<String> = loaded.iter().filter(|l| l.role != "qc-rule").map(|l| l.quarantine.clone()).collect();
     let mut quarantined = processed.quarantined.clone();
@@ -670,7 +685,7 @@ pub fn run_slice(cfg: &PilotConfig, slice: &Slice, opts: &PilotOptions) -> Resul
         provenance,
         manifest,
     };
-    let (manifest, qc, drops) = finish.write(out_files, &mut timings, &quarantine_files)?;
+    let (mut manifest, qc, drops) = finish.write(out_files, &mut timings, &quarantine_files)?;
 
     let wall_seconds = wall.elapsed().as_secs_f64();
     let mut resumed = BTreeMap::new();
@@ -703,6 +718,7 @@ pub fn run_slice(cfg: &PilotConfig, slice: &Slice, opts: &PilotOptions) -> Resul
     ));
     append_log(&run, slice.stage, &log)?;
     abort_point("before-manifest");
+    manifest.resources = Some(crate::provenance::accounting::account(&run, wall.elapsed())?);
     manifest.write(&run)?;
     Ok(PilotOutcome { summary, manifest })
 }

@@ -314,6 +314,8 @@ pub fn replay(source: &Path, cfg: &PilotConfig, opts: &ReplayOptions) -> Result<
         test_set: None,
         dataset: None,
         training: None,
+        resources: None,
+        review: None,
     };
     let quarantine_files: Vec<String> = loaded.iter().filter(|l| l.role != "qc-rule").map(|l| l.quarantine.clone()).collect();
     let quarantined = processed.quarantined.clone();
@@ -330,7 +332,7 @@ pub fn replay(source: &Path, cfg: &PilotConfig, opts: &ReplayOptions) -> Result<
         provenance,
         manifest,
     };
-    let (manifest, qc, drops) = finish.write(out_files, &mut timings, &quarantine_files)?;
+    let (mut manifest, qc, drops) = finish.write(out_files, &mut timings, &quarantine_files)?;
 
     // The delta.
     let before = metric_values(&src_qc);
@@ -394,6 +396,7 @@ pub fn replay(source: &Path, cfg: &PilotConfig, opts: &ReplayOptions) -> Result<
             wall_seconds
         )],
     )?;
+    manifest.resources = Some(crate::provenance::accounting::account(&run, wall.elapsed())?);
     manifest.write(&run)?;
     Ok(ReplayOutcome { summary, manifest, delta })
 }

@@ -205,7 +205,8 @@ pub fn md_table(headers: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn comparison_text(c: Comparison) -> &'static str {
+/// How a metric is compared with its threshold, as a symbol.
+pub fn comparison_text(c: Comparison) -> &'static str {
     match c {
         Comparison::LessThan => "<",
         Comparison::AtMost => "<=",

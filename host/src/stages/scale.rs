@@ -196,6 +196,9 @@ pub fn inherit(cfg: &ScaleConfig) -> Result<Inherited, StageError> {
         ));
     }
     manifest.verify_files(dir).map_err(|e| refuse(cfg, e))?;
+    if cfg.require_review {
+        super::review::require_approval(dir).map_err(|why| refuse(cfg, why))?;
+    }
     let path = dir.join(files::CONFIG);
     let text = String::from_utf8_lossy(&crate::sandbox::read_file(&path)?).into_owned();
     let mut table: toml::Table = text.parse().map_err(|e| refuse(cfg, format!("{}: {e}", path.display())))?;
@@ -365,6 +368,7 @@ fn dedup_across(samples: Vec<Sample>, ngram: usize, threshold: f64) -> (Vec<Samp
 
 /// Merge the shards into one dataset.
 fn merge(cfg: &ScaleConfig, inh: &Inherited, dedup: (usize, f64), resolved: &str, progress: Progress) -> Result<(ScaleReport, Manifest), StageError> {
+    let wall = Instant::now();
     let mut timings = Timings::default();
     let run_dir = cfg.artifacts_dir.join(&cfg.run_id);
     let missing: Vec<usize> = (0..cfg.shards).filter(|&i| !shard_done(&run_dir, i)).collect();
@@ -500,7 +504,7 @@ fn merge(cfg: &ScaleConfig, inh: &Inherited, dedup: (usize, f64), resolved: &str
 
     let first = &shard_records[0];
     let build = kiln_build();
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
         stage: "scale".into(),
         run_id: cfg.run_id.clone(),
@@ -532,6 +536,8 @@ fn merge(cfg: &ScaleConfig, inh: &Inherited, dedup: (usize, f64), resolved: &str
         test_set: None,
         dataset: None,
         training: None,
+        resources: None,
+        review: None,
     };
     append_log(
         &run,
@@ -547,6 +553,7 @@ fn merge(cfg: &ScaleConfig, inh: &Inherited, dedup: (usize, f64), resolved: &str
             if manifest.gate.pass { "PASSED" } else { "FAILED" }
         )],
     )?;
+    manifest.resources = Some(crate::provenance::accounting::account(&run, wall.elapsed())?);
     manifest.write(&run)?;
     Ok((report, manifest))
 }

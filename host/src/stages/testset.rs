@@ -330,7 +330,7 @@ pub fn run(cfg: &TestsetConfig, opts: &TestsetOptions) -> Result<TestsetOutcome,
     counts.insert("refused".into(), report.refused.len() as u64);
     counts.insert("rounds".into(), rounds as u64);
     let r0 = first_round.expect("at least one round ran");
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
         stage: "testset".into(),
         run_id: cfg.run_id.clone(),
@@ -355,6 +355,8 @@ pub fn run(cfg: &TestsetConfig, opts: &TestsetOptions) -> Result<TestsetOutcome,
         test_set: Some(FileRecord { path: run.join(testset_files::TESTSET), sha256: test_sha, records: items.len() }),
         dataset: Some(train.record()),
         training: None,
+        resources: None,
+        review: None,
     };
     append_log(
         &run,
@@ -370,6 +372,7 @@ pub fn run(cfg: &TestsetConfig, opts: &TestsetOptions) -> Result<TestsetOutcome,
             report.refused.len()
         )],
     )?;
+    manifest.resources = Some(crate::provenance::accounting::account(&run, wall.elapsed())?);
     manifest.write(&run)?;
     Ok(TestsetOutcome { run_dir, per_type, contamination: report, wall_seconds: wall.elapsed().as_secs_f64() })
 }

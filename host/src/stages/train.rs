@@ -75,6 +75,9 @@ fn read_dataset(cfg: &TrainConfig) -> Result<Dataset, StageError> {
     let dir = &cfg.dataset;
     let refuse = |what: String| StageError::Invalid(format!("{}: dataset \"{}\": {what}", cfg.file.display(), dir.display()));
     let run = super::dataset::open_gated(dir).map_err(refuse)?;
+    if cfg.require_review {
+        super::review::require_approval(dir).map_err(refuse)?;
+    }
     // The template as the run used it: its resolved config, pinned by hash.
     let tpl = run
         .recipe
@@ -231,7 +234,7 @@ pub fn run(cfg: &TrainConfig, opts: &TrainRunOptions) -> Result<TrainOutcome, St
     counts.insert("unrendered".to_string(), unrendered as u64);
     counts.insert("steps".to_string(), report.steps as u64);
     let improved = report.improved();
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
         stage: "train".into(),
         run_id: cfg.run_id.clone(),
@@ -267,6 +270,8 @@ pub fn run(cfg: &TrainConfig, opts: &TrainRunOptions) -> Result<TrainOutcome, St
         test_set,
         dataset: Some(data.record.clone()),
         training: Some(summary),
+        resources: None,
+        review: None,
     };
     let wall_seconds = wall.elapsed().as_secs_f64();
     log.push(format!(
@@ -279,6 +284,7 @@ pub fn run(cfg: &TrainConfig, opts: &TrainRunOptions) -> Result<TrainOutcome, St
         report.initial_val_loss
     ));
     append_log(&run, "train", &log)?;
+    manifest.resources = Some(crate::provenance::accounting::account(&run, wall.elapsed())?);
     manifest.write(&run)?;
     Ok(TrainOutcome { run_dir, report, too_long: s.too_long.len(), unrendered, peak_rss_bytes: peak, wall_seconds })
 }
