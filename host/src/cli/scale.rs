@@ -20,6 +20,23 @@ use crate::stages::EXIT_GATE_FAILED;
 /// after a merge: 0 the merged set passed the QC rules, 2 it did not, 1 error; after a shard: 0.
 #[derive(Debug, Args)]
 pub struct ScaleCommand {
+    /// Which scale.
+    #[command(flatten)]
+    pub scale: ScaleArgs,
+    /// Run only shard I of S (0-based), e.g. 3/10.
+    #[arg(long, value_name = "I/S", conflicts_with = "merge")]
+    pub shard: Option<String>,
+    /// Only merge the finished shards.
+    #[arg(long)]
+    pub merge: bool,
+    /// Run id, artifacts folder, output form.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// The arguments that select a scale (shared by `kiln scale` and `kiln slurm submit scale`).
+#[derive(Debug, Clone, Args)]
+pub struct ScaleArgs {
     /// A scale config (configs/scale.toml); optional when --pilot is given.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -32,19 +49,25 @@ pub struct ScaleCommand {
     /// Shards (default 10); replaces the config's.
     #[arg(long)]
     pub shards: Option<usize>,
-    /// Run only shard I of S (0-based), e.g. 3/10.
-    #[arg(long, value_name = "I/S", conflicts_with = "merge")]
-    pub shard: Option<String>,
-    /// Only merge the finished shards.
-    #[arg(long)]
-    pub merge: bool,
     /// Change an inherited pilot parameter by its dotted name in the pilot's
     /// config.resolved.toml (e.g. sampling.response.temperature=0.8); repeatable; recorded.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Run id, artifacts folder, output form.
-    #[command(flatten)]
-    pub run: RunArgs,
+}
+
+impl ScaleArgs {
+    /// The validated config, with the run id and artifacts folder of the command line.
+    pub fn load(&self, run_id: Option<String>, artifacts_dir: Option<PathBuf>, shards: Option<usize>) -> anyhow::Result<ScaleConfig> {
+        let ov = ScaleOverrides {
+            run_id,
+            artifacts_dir,
+            pilot: self.pilot.clone(),
+            count: self.count,
+            shards: shards.or(self.shards),
+            set: self.set.clone(),
+        };
+        Ok(ScaleConfig::load(self.config.as_deref(), &ov)?)
+    }
 }
 
 /// `I/S` -> (I, S).
@@ -80,19 +103,11 @@ impl ScaleCommand {
     /// Run it.
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let shard = self.shard.as_deref().map(parse_shard).transpose()?;
-        let shards = match (self.shards, shard) {
-            (Some(s), Some((_, n))) if s != n => anyhow::bail!("--shard {}/{n} and --shards {s} disagree", shard.unwrap().0),
+        let shards = match (self.scale.shards, shard) {
+            (Some(s), Some((i, n))) if s != n => anyhow::bail!("--shard {i}/{n} and --shards {s} disagree"),
             (s, sh) => s.or(sh.map(|(_, n)| n)),
         };
-        let ov = ScaleOverrides {
-            run_id: self.run.run_id.clone(),
-            artifacts_dir: self.run.artifacts_dir.clone(),
-            pilot: self.pilot.clone(),
-            count: self.count,
-            shards,
-            set: self.set.clone(),
-        };
-        let cfg = ScaleConfig::load(self.config.as_deref(), &ov)?;
+        let cfg = self.scale.load(self.run.run_id.clone(), self.run.artifacts_dir.clone(), shards)?;
         if let Some((i, n)) = shard {
             if n != cfg.shards {
                 anyhow::bail!("--shard {i}/{n}: the scale has {} shards ({})", cfg.shards, cfg.file.display());

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::config::pilot::absolute;
-use crate::config::scale::{ScaleConfig, ScaleOverrides};
+use super::scale::ScaleArgs;
 use crate::stages::slurm::{status, submit, Status, SubmitOptions};
 
 /// Run stages on a Slurm cluster.
@@ -30,21 +30,9 @@ pub enum SubmitWhat {
 /// `kiln slurm submit scale`.
 #[derive(Debug, Args)]
 pub struct SubmitScale {
-    /// A scale config; optional when --pilot is given.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// The pilot run folder (its gate must have passed).
-    #[arg(long)]
-    pub pilot: Option<PathBuf>,
-    /// Samples in all.
-    #[arg(long)]
-    pub count: Option<usize>,
-    /// Shards.
-    #[arg(long)]
-    pub shards: Option<usize>,
-    /// Change an inherited pilot parameter (see `kiln scale --help`); repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
+    /// Which scale.
+    #[command(flatten)]
+    pub scale: ScaleArgs,
     /// Run id (the scale's folder).
     #[arg(long)]
     pub run_id: Option<String>,
@@ -130,18 +118,10 @@ impl SlurmCommand {
 
 impl SubmitScale {
     fn execute(self) -> anyhow::Result<ExitCode> {
-        let ov = ScaleOverrides {
-            run_id: self.run_id.clone(),
-            artifacts_dir: self.artifacts_dir.clone(),
-            pilot: self.pilot.clone(),
-            count: self.count,
-            shards: self.shards,
-            set: self.set.clone(),
-        };
-        let cfg = ScaleConfig::load(self.config.as_deref(), &ov)?;
+        let cfg = self.scale.load(self.run_id.clone(), self.artifacts_dir.clone(), None)?;
         // The task's command line: this scale, every setting written out.
         let mut args = Vec::new();
-        if let Some(c) = &self.config {
+        if let Some(c) = &self.scale.config {
             args.extend(["--config".to_string(), absolute(c).display().to_string()]);
         }
         args.extend([
@@ -156,7 +136,7 @@ impl SubmitScale {
             "--artifacts-dir".into(),
             cfg.artifacts_dir.display().to_string(),
         ]);
-        for s in &self.set {
+        for s in &self.scale.set {
             args.extend(["--set".to_string(), s.clone()]);
         }
         let mut res = cfg.slurm.clone();

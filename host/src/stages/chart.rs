@@ -149,6 +149,45 @@ pub struct Line {
     pub dots: bool,
 }
 
+/// A chart on f64 axes in the house style: caption, margins, labelled mesh.
+type XyChart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>;
+
+fn xy_chart<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    (x, y): (std::ops::Range<f64>, std::ops::Range<f64>),
+    (x_label, y_label): (&str, &str),
+) -> Result<XyChart<'a, 'b>, String> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(18)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
+}
+
+/// The legend of the series drawn with labels, in the house style.
+fn legend<'a, 'b: 'a>(chart: &mut XyChart<'a, 'b>, position: SeriesLabelPosition) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
 /// Lines over a shared x axis (e.g. training and validation loss per step).
 pub fn lines_png(title: &str, x_label: &str, y_label: &str, lines: &[Line], size: (u32, u32)) -> Result<Vec<u8>, ChartError> {
     let err = |message: String| ChartError { title: title.to_string(), message };
@@ -166,21 +205,7 @@ pub fn lines_png(title: &str, x_label: &str, y_label: &str, lines: &[Line], size
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 22))
-            .margin(18)
-            .x_label_area_size(48)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| err(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .label_style(("sans-serif", 15))
-            .axis_desc_style(("sans-serif", 16))
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
+        let mut chart = xy_chart(&root, title, (x0..x1, y0..y1), (x_label, y_label)).map_err(err)?;
         for (i, line) in lines.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             let pts: Vec<(f64, f64)> = line.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
@@ -193,14 +218,7 @@ pub fn lines_png(title: &str, x_label: &str, y_label: &str, lines: &[Line], size
                 chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(|e| err(e.to_string()))?;
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 15))
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight).map_err(err)?;
         root.present().map_err(|e| err(e.to_string()))?;
     }
     encode(&buf, size).map_err(err)
@@ -235,21 +253,7 @@ pub fn histogram_png(title: &str, x_label: &str, series: &[(String, Vec<f64>)], 
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 22))
-            .margin(18)
-            .x_label_area_size(48)
-            .y_label_area_size(56)
-            .build_cartesian_2d(lo..hi, 0.0..top)
-            .map_err(|e| err(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc("count")
-            .label_style(("sans-serif", 15))
-            .axis_desc_style(("sans-serif", 16))
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
+        let mut chart = xy_chart(&root, title, (lo..hi, 0.0..top), (x_label, "count")).map_err(err)?;
         for (i, ((name, _), c)) in series.iter().zip(&counts).enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             chart
@@ -266,14 +270,7 @@ pub fn histogram_png(title: &str, x_label: &str, series: &[(String, Vec<f64>)], 
                 .draw_series(DashedLineSeries::new(vec![(0.0, 0.0), (0.0, top)], 6, 4, BLACK.stroke_width(1)))
                 .map_err(|e| err(e.to_string()))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 15))
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(err)?;
         root.present().map_err(|e| err(e.to_string()))?;
     }
     encode(&buf, size).map_err(err)

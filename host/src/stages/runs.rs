@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::error::StageError;
 use super::pilot::{files, RunState};
+use super::slurm::shell_quote;
 use crate::provenance::accounting::Resources;
 use crate::provenance::manifest::Manifest;
 
@@ -53,13 +54,6 @@ pub struct RunRow {
     pub lineage: Vec<String>,
 }
 
-fn quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@".contains(c)) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
 
 fn sum(a: Option<Resources>, b: &Resources) -> Resources {
     match a {
@@ -161,8 +155,8 @@ fn row(dir: &Path) -> Option<RunRow> {
             let stage = state.as_ref().map(|s| s.stage.clone()).unwrap_or_else(|| "scale".into());
             let done = shards.iter().filter(|d| d.join("manifest.json").is_file()).count();
             let resume = state.as_ref().filter(|s| !s.command.is_empty()).map(|s| {
-                let args: Vec<String> = s.command.iter().skip(1).map(|a| quote(a)).collect();
-                let cd = s.cwd.as_ref().map(|c| format!("cd {} && ", quote(&c.display().to_string()))).unwrap_or_default();
+                let args: Vec<String> = s.command.iter().skip(1).map(|a| shell_quote(a)).collect();
+                let cd = s.cwd.as_ref().map(|c| format!("cd {} && ", shell_quote(&c.display().to_string()))).unwrap_or_default();
                 format!("{cd}kiln {}", args.join(" "))
             });
             let mut resources = None;

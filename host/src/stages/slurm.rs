@@ -115,7 +115,8 @@ pub struct Status {
     pub merge: ShardState,
 }
 
-fn shell_quote(s: &str) -> String {
+/// `s` as one word for a POSIX shell: as it is when it is safe, else in single quotes.
+pub fn shell_quote(s: &str) -> String {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+%@".contains(c)) {
         s.to_string()
     } else {
