@@ -201,3 +201,11 @@ fn run_critic_and_qc_and_template_from_the_command_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("samples.jsonl line 1"));
 }
+
+#[test]
+fn the_cpu_build_says_how_to_get_a_cuda_one() {
+    let o = kiln().args(["model", "device-check", "--rows", "1"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no CUDA device 0") && err.contains("scripts/build-cuda.sh"), "{err}");
+}

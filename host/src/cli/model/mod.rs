@@ -4,12 +4,14 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+mod device;
 mod fetch;
 mod generate;
 mod guard;
 mod inspect;
 mod tokenize;
 
+pub use device::DeviceCheckCommand;
 pub use fetch::FetchCommand;
 pub use generate::{GenerateCommand, ModelArgs, ScoreCommand};
 pub use guard::GuardCommand;
@@ -31,6 +33,8 @@ pub enum ModelCommand {
     Score(ScoreCommand),
     /// Run the contamination guard (is this a base model?).
     Guard(GuardCommand),
+    /// Compare the CUDA backend's quantized products with the CPU's (a `--features cuda` build).
+    DeviceCheck(DeviceCheckCommand),
 }
 
 impl ModelCommand {
@@ -43,6 +47,7 @@ impl ModelCommand {
             ModelCommand::Generate(c) => c.execute(),
             ModelCommand::Score(c) => c.execute(),
             ModelCommand::Guard(c) => c.execute(),
+            ModelCommand::DeviceCheck(c) => c.execute(),
         }
     }
 }
