@@ -25,7 +25,16 @@ if sinfo -h -o '%T' 2>/dev/null | grep -qE 'idle|mixed|allocated'; then
 fi
 need_root "starting munged, slurmctld and slurmd"
 
-host="$(hostname -s)"
+# Is a process of this exact name running? (/proc alone: no procps needed.)
+running() {
+    local f
+    for f in /proc/[0-9]*/comm; do
+        [ "$(cat "$f" 2>/dev/null)" = "$1" ] && return 0
+    done
+    return 1
+}
+
+host="$(hostname -s 2>/dev/null || cut -d. -f1 /proc/sys/kernel/hostname)"
 cpus="$(nproc)"
 mem_mb="$(awk '/MemTotal/ { printf "%d", $2 / 1024 * 0.9 }' /proc/meminfo)"
 conf_dir=/etc/slurm
@@ -69,9 +78,9 @@ fi
 chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
 chmod 0700 /etc/munge
 chmod 0400 /etc/munge/munge.key
-pgrep -x munged >/dev/null || su -s /bin/sh munge -c munged 2>/dev/null || munged --force
-pgrep -x slurmctld >/dev/null || slurmctld
-pgrep -x slurmd >/dev/null || slurmd
+running munged || su -s /bin/sh munge -c munged 2>/dev/null || munged --force
+running slurmctld || slurmctld
+running slurmd || slurmd
 
 for _ in $(seq 1 60); do
     if sinfo -h -o '%T' 2>/dev/null | grep -qE 'idle|mixed|allocated'; then
