@@ -20,7 +20,7 @@ fn scale(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 /// The merged dataset's files, which must not depend on how the shards were run.
-fn merged(run: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn merged(run: &Path) -> Vec<(String, Vec<u8>)> {
     ["dataset.jsonl", "dataset.parquet", "merge/dropped.jsonl"]
         .iter()
         .map(|f| (f.to_string(), std::fs::read(run.join(f)).unwrap_or_else(|e| panic!("{}: {e}", run.join(f).display()))))

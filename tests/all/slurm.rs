@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use crate::pilot::{pilot, Fixture, NoQc, EPOCH};
+use crate::scale::merged;
 
 fn slurm_up() {
     static UP: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
@@ -59,10 +60,6 @@ fn settle(run: &Path) -> serde_json::Value {
 
 fn states(s: &serde_json::Value) -> Vec<String> {
     s["shards"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap().to_string()).collect()
-}
-
-fn merged(run: &Path) -> Vec<Vec<u8>> {
-    ["dataset.jsonl", "dataset.parquet", "merge/dropped.jsonl"].iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect()
 }
 
 #[test]

@@ -86,8 +86,8 @@ pub struct StatusArgs {
 
 fn print_status(s: &Status) {
     println!("slurm: {}", s.run_dir.display());
-    for st in s.shards.iter().chain(std::iter::once(&s.merge)) {
-        let name = if st.shard == s.shards.len() { "merge".to_string() } else { format!("shard {}", st.shard) };
+    let rows = s.shards.iter().map(|st| (format!("shard {}", st.shard), st)).chain(std::iter::once(("merge".to_string(), &s.merge)));
+    for (name, st) in rows {
         let job = st.job.as_deref().unwrap_or("-");
         let log = st.log.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into());
         println!("  {name:>9}: {:<13} job {job:<12} log {log}", st.state);

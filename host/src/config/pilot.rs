@@ -717,6 +717,11 @@ impl PilotConfig {
     /// the sha256 they were loaded with (`plugin_sha256`: template, cleaners, critics, QC rules
     /// in order) and the model's path. Loading it gives the same run.
     pub fn resolved_toml(&self, plugin_sha256: &[String], model_path: &Path, model_sha256: &str) -> String {
+        resolved_text(&self.resolved_table(plugin_sha256, model_path, model_sha256))
+    }
+
+    /// [`resolved_toml`](Self::resolved_toml) as a table, for a caller that changes it first.
+    pub fn resolved_table(&self, plugin_sha256: &[String], model_path: &Path, model_sha256: &str) -> toml::Table {
         use toml::Value as V;
         let mut t = toml::Table::new();
         t.insert("run_id".into(), V::String(self.run_id.clone()));
@@ -763,15 +768,20 @@ impl PilotConfig {
             plugins.insert(name.into(), V::Array(list.iter().map(&mut next).collect()));
         }
         t.insert("plugins".into(), V::Table(plugins));
-        let mut text = String::from("# Written by kiln: the config this run ran with, every default explicit.\n");
-        text.push_str(&toml::to_string(&t).expect("a TOML table serialises"));
-        text
+        t
     }
 
     /// Every plugin entry: template, cleaners, critics, QC rules.
     pub fn plugin_entries(&self) -> impl Iterator<Item = &PluginEntry> {
         std::iter::once(&self.template).chain(&self.cleaners).chain(&self.critics).chain(&self.qc_rules)
     }
+}
+
+/// A resolved pilot config's text: its header line and the table.
+pub fn resolved_text(t: &toml::Table) -> String {
+    let mut text = String::from("# Written by kiln: the config this run ran with, every default explicit.\n");
+    text.push_str(&toml::to_string(t).expect("a TOML table serialises"));
+    text
 }
 
 #[cfg(test)]

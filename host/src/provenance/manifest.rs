@@ -371,6 +371,13 @@ impl Manifest {
         dir.write_atomic(MANIFEST, text.as_bytes())
     }
 
+    /// Record what this invocation cost (wall time `wall` since it started; see
+    /// [`accounting`](super::accounting)) and write the manifest.
+    pub fn write_accounted(&mut self, dir: &RunDir, wall: std::time::Duration) -> Result<(), FsError> {
+        self.resources = Some(super::accounting::account(dir, wall)?);
+        self.write(dir)
+    }
+
     /// Read the manifest of the run in `dir`.
     pub fn read(dir: &Path) -> Result<Manifest, ManifestError> {
         let path = dir.join(MANIFEST);

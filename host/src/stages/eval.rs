@@ -609,7 +609,6 @@ pub fn run(cfg: &EvalConfig, opts: &EvalOptions) -> Result<EvalOutcome, StageErr
         if g.pass { "PASSED" } else { "FAILED" }
     ));
     append_log(&run, "eval", &log)?;
-    manifest.resources = Some(crate::provenance::accounting::account(&run, wall.elapsed())?);
-    manifest.write(&run)?;
+    manifest.write_accounted(&run, wall.elapsed())?;
     Ok(EvalOutcome { run_dir, gate: g, statistics: stats, resumed, wall_seconds, manifest })
 }

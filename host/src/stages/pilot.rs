@@ -225,6 +225,18 @@ pub fn describe_diff(old: &str, new: &str, max: usize) -> String {
     s
 }
 
+/// Write `resolved` as the run's config, or, when the run has one, check that it is the same.
+pub fn claim_config(run: &RunDir, resolved: &str) -> Result<(), StageError> {
+    match run.read_optional(files::CONFIG)? {
+        Some(old) if old != resolved.as_bytes() => Err(StageError::ConfigChanged {
+            dir: run.path().to_path_buf(),
+            diff: describe_diff(&String::from_utf8_lossy(&old), resolved, 4),
+        }),
+        Some(_) => Ok(()),
+        None => Ok(run.write_atomic(files::CONFIG, resolved.as_bytes())?),
+    }
+}
+
 /// Open (or create) a run directory for `resolved`: a new run writes the config; an existing
 /// one must have been made with the same config. Returns the run's state.
 pub fn open_run(dir: &Path, run_id: &str, stage: &str, resolved: &str, timings: &mut Timings) -> Result<(RunDir, RunState), StageError> {
@@ -232,16 +244,7 @@ pub fn open_run(dir: &Path, run_id: &str, stage: &str, resolved: &str, timings: 
     let mut run = RunDir::create(dir)?;
     run.lock()?;
     let config_hash = sha256_hex(resolved.as_bytes());
-    match run.read_optional(files::CONFIG)? {
-        Some(old) if old != resolved.as_bytes() => {
-            return Err(StageError::ConfigChanged {
-                dir: dir.to_path_buf(),
-                diff: describe_diff(&String::from_utf8_lossy(&old), resolved, 4),
-            })
-        }
-        Some(_) => {}
-        None => run.write_atomic(files::CONFIG, resolved.as_bytes())?,
-    }
+    claim_config(&run, resolved)?;
     let state = match run.read_optional(files::STATE)?.and_then(|b| serde_json::from_slice::<RunState>(&b).ok()) {
         Some(s) if s.config_hash == config_hash => s,
         _ => {
@@ -471,11 +474,11 @@ pub fn run_slice(cfg: &PilotConfig, slice: &Slice, opts: &PilotOptions) -> Resul
 
     let (engine, guard_report) = load_model(cfg, &mut timings)?;
     let shas: Vec<String> = loaded.iter().map(|l| l.plugin.sha256.clone()).collect();
-    let mut resolved = cfg.resolved_toml(&shas, &engine.info.path, &engine.info.sha256);
+    let mut table = cfg.resolved_table(&shas, &engine.info.path, &engine.info.sha256);
     if slice.portable {
-        resolved = resolved.lines().filter(|l| !l.starts_with("artifacts_dir = ")).map(|l| format!("{l}\n")).collect();
+        table.remove("artifacts_dir");
     }
-    resolved.push_str(&slice.resolved_extra);
+    let resolved = crate::config::pilot::resolved_text(&table) + &slice.resolved_extra;
     let run_dir = slice.run_dir.clone();
     let (run, state) = open_run(&run_dir, &slice.run_id, slice.stage, &resolved, &mut timings)?;
     let mut log = vec![format!("[{}] kiln {} {} (config {}): invocation started", now(), slice.stage, slice.run_id, file)];
@@ -718,8 +721,7 @@ pub fn run_slice(cfg: &PilotConfig, slice: &Slice, opts: &PilotOptions) -> Resul
     ));
     append_log(&run, slice.stage, &log)?;
     abort_point("before-manifest");
-    manifest.resources = Some(crate::provenance::accounting::account(&run, wall.elapsed())?);
-    manifest.write(&run)?;
+    manifest.write_accounted(&run, wall.elapsed())?;
     Ok(PilotOutcome { summary, manifest })
 }
 

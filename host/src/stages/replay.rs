@@ -396,8 +396,7 @@ pub fn replay(source: &Path, cfg: &PilotConfig, opts: &ReplayOptions) -> Result<
             wall_seconds
         )],
     )?;
-    manifest.resources = Some(crate::provenance::accounting::account(&run, wall.elapsed())?);
-    manifest.write(&run)?;
+    manifest.write_accounted(&run, wall.elapsed())?;
     Ok(ReplayOutcome { summary, manifest, delta })
 }
 

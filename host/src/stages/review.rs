@@ -85,14 +85,11 @@ fn read_jsonl_opt<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>,
 
 /// The pilot-style run folders that hold a run's samples: the run itself, or a scale's shards.
 fn sample_dirs(dir: &Path, m: &Manifest) -> Vec<PathBuf> {
-    if m.stage != "scale" {
-        return vec![dir.to_path_buf()];
+    if m.stage == "scale" {
+        super::scale::shard_dirs(dir)
+    } else {
+        vec![dir.to_path_buf()]
     }
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join(super::scale::scale_files::SHARDS))
-        .map(|e| e.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// The previous run of the same stage beside this one: (run id, folder).
@@ -240,7 +237,7 @@ pub fn packet(dir: &Path, cfg: &ReviewConfig) -> Result<PacketOutcome, StageErro
         "scale" => read_jsonl_opt(&dir.join(super::scale::scale_files::DATASET))?,
         _ => read_jsonl_opt(&dir.join(files::ACCEPTED))?,
     };
-    let mut dropped: Vec<(String, String, String, String, String)> = Vec::new();
+    let mut dropped: Vec<(String, String, String, String)> = Vec::new();
     let mut drop_files: Vec<PathBuf> = dirs.iter().map(|d| d.join(files::DROPPED)).collect();
     if m.stage == "scale" {
         drop_files.push(dir.join(super::scale::scale_files::DROPPED));
@@ -248,7 +245,7 @@ pub fn packet(dir: &Path, cfg: &ReviewConfig) -> Result<PacketOutcome, StageErro
     for f in drop_files {
         for d in read_jsonl_opt::<Dropped>(&f)? {
             let (instr, resp) = d.sample.as_ref().map_or((String::new(), String::new()), |s| (s.instruction.clone(), s.response.clone()));
-            dropped.push((d.id, format!("dropped by {} {} ({}): {}", d.stage, d.plugin, d.code, d.detail), instr, resp, String::new()));
+            dropped.push((d.id, format!("dropped by {} {} ({}): {}", d.stage, d.plugin, d.code, d.detail), instr, resp));
         }
     }
     for d in &dirs {
@@ -258,7 +255,7 @@ pub fn packet(dir: &Path, cfg: &ReviewConfig) -> Result<PacketOutcome, StageErro
         for f in qf {
             for q in read_jsonl_opt::<QuarantineLine>(&f)? {
                 let plugin = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                dropped.push((q.record_id, format!("quarantined by {plugin}: {}", one_line(&q.message, 300)), String::new(), String::new(), String::new()));
+                dropped.push((q.record_id, format!("quarantined by {plugin}: {}", one_line(&q.message, 300)), String::new(), String::new()));
             }
         }
     }
@@ -275,7 +272,7 @@ pub fn packet(dir: &Path, cfg: &ReviewConfig) -> Result<PacketOutcome, StageErro
     }
     let dr = choose(&dropped, k, seed ^ 1);
     md.push_str(&format!("\n## {} of {} dropped or quarantined examples (fixed seed)\n\n", dr.len(), dropped.len()));
-    for (id, why, instr, resp, _) in &dr {
+    for (id, why, instr, resp) in &dr {
         md.push_str(&format!("### {id}\n\nWhy: {why}\n\n"));
         if !instr.is_empty() {
             md.push_str(&format!("Instruction:\n\n{}\n", quote_block(instr)));

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::error::StageError;
 use super::pilot::{files, RunState};
+use super::scale::shard_dirs;
 use super::slurm::shell_quote;
 use crate::provenance::accounting::Resources;
 use crate::provenance::manifest::Manifest;
@@ -119,14 +120,7 @@ fn row(dir: &Path) -> Option<RunRow> {
     let state = read_state(dir);
     match Manifest::read(dir) {
         Ok(m) => {
-            let mut resources = m.resources.clone();
-            if m.stage == "scale" {
-                for shard in shard_dirs(dir) {
-                    if let Some(r) = Manifest::read(&shard).ok().and_then(|s| s.resources) {
-                        resources = Some(sum(resources, &r));
-                    }
-                }
-            }
+            let resources = if m.stage == "scale" { with_shards(dir, m.resources.clone()) } else { m.resources.clone() };
             let p = parent(&m, dir);
             Some(RunRow {
                 run_id,
@@ -159,12 +153,7 @@ fn row(dir: &Path) -> Option<RunRow> {
                 let cd = s.cwd.as_ref().map(|c| format!("cd {} && ", shell_quote(&c.display().to_string()))).unwrap_or_default();
                 format!("{cd}kiln {}", args.join(" "))
             });
-            let mut resources = None;
-            for shard in &shards {
-                if let Some(r) = Manifest::read(shard).ok().and_then(|s| s.resources) {
-                    resources = Some(sum(resources, &r));
-                }
-            }
+            let resources = with_shards(dir, None);
             Some(RunRow {
                 run_id,
                 dir: dir.to_path_buf(),
@@ -187,12 +176,9 @@ fn row(dir: &Path) -> Option<RunRow> {
     }
 }
 
-fn shard_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join(super::scale::scale_files::SHARDS))
-        .map(|e| e.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
+/// `base` plus the resources of every finished shard in a scale's folder.
+fn with_shards(dir: &Path, base: Option<Resources>) -> Option<Resources> {
+    shard_dirs(dir).iter().filter_map(|d| Manifest::read(d).ok().and_then(|m| m.resources)).fold(base, |acc, r| Some(sum(acc, &r)))
 }
 
 /// Every run under `artifacts`, oldest first, with lineage, and costs at `rate` per device

@@ -25,7 +25,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::error::StageError;
-use super::pilot::{self, append_log, describe_diff, files, run_slice, PilotOptions, Slice};
+use super::pilot::{self, append_log, files, run_slice, PilotOptions, Slice};
 use super::process::{load_plugins, process, ProcessOptions, Scorer};
 use super::progress::{Progress, Timings};
 use super::records::{write_json, write_jsonl, Accepted, Dropped};
@@ -35,6 +35,7 @@ use crate::config::scale::ScaleConfig;
 use crate::plugin::{Runtime, Sample};
 use crate::provenance::manifest::{environment, kiln_build, now, Gate, Manifest, Source, MANIFEST_VERSION};
 use crate::provenance::sha256_hex;
+use crate::sandbox::RunDir;
 
 /// File names inside a scale run.
 pub mod scale_files {
@@ -245,22 +246,21 @@ fn dedup_settings(cfg: &ScaleConfig, pilot: &PilotConfig) -> (usize, f64) {
 /// Write the scale's config into its folder (first writer wins; later ones must agree). No lock:
 /// shard processes share the folder, each locking only its own shard's.
 fn claim(dir: &Path, resolved: &str) -> Result<(), StageError> {
-    let path = dir.join(files::CONFIG);
-    std::fs::create_dir_all(dir).map_err(|source| crate::sandbox::FsError { action: "create directory", path: dir.to_path_buf(), source })?;
-    match std::fs::read(&path) {
-        Ok(old) if old != resolved.as_bytes() => Err(StageError::ConfigChanged {
-            dir: dir.to_path_buf(),
-            diff: describe_diff(&String::from_utf8_lossy(&old), resolved, 4),
-        }),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(crate::sandbox::write_file_atomic(&path, resolved.as_bytes())?),
-        Err(source) => Err(crate::sandbox::FsError { action: "read", path, source }.into()),
-    }
+    pilot::claim_config(&RunDir::create(dir)?, resolved)
 }
 
 /// Shard `i`'s folder.
 pub fn shard_dir(run_dir: &Path, i: usize) -> PathBuf {
     run_dir.join(scale_files::SHARDS).join(format!("shard-{i:05}"))
+}
+
+/// The shard folders that exist in a scale's folder, in shard order.
+pub fn shard_dirs(run_dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(run_dir.join(scale_files::SHARDS))
+        .map(|e| e.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 /// Is shard `i` done (its manifest written, for this scale)?
@@ -323,7 +323,7 @@ pub fn run(cfg: &ScaleConfig, opts: &ScaleOptions) -> Result<ScaleOutcome, Stage
 }
 
 /// The key of an exact duplicate: the instruction with whitespace normalised, lowercased.
-fn exact_key(instruction: &str) -> String {
+pub fn exact_key(instruction: &str) -> String {
     kiln_text::normalize_whitespace(instruction).to_lowercase()
 }
 
@@ -384,8 +384,7 @@ fn merge(cfg: &ScaleConfig, inh: &Inherited, dedup: (usize, f64), resolved: &str
             cfg.shards
         )));
     }
-    let (mut run, state) = pilot::open_run(&run_dir, &cfg.run_id, "scale", resolved, &mut timings)?;
-    run.lock()?;
+    let (run, state) = pilot::open_run(&run_dir, &cfg.run_id, "scale", resolved, &mut timings)?;
 
     // Every shard's judged set and accepted samples, in shard order.
     let t = Instant::now();
@@ -553,14 +552,8 @@ fn merge(cfg: &ScaleConfig, inh: &Inherited, dedup: (usize, f64), resolved: &str
             if manifest.gate.pass { "PASSED" } else { "FAILED" }
         )],
     )?;
-    manifest.resources = Some(crate::provenance::accounting::account(&run, wall.elapsed())?);
-    manifest.write(&run)?;
+    manifest.write_accounted(&run, wall.elapsed())?;
     Ok((report, manifest))
-}
-
-/// A scale's folder for `kiln scale status`-like listings: which shards are done.
-pub fn shards_done(run_dir: &Path, shards: usize) -> Vec<bool> {
-    (0..shards).map(|i| shard_done(run_dir, i)).collect()
 }
 
 #[cfg(test)]

@@ -201,8 +201,7 @@ fn read_jobs(run_dir: &Path) -> Result<Option<Jobs>, StageError> {
 /// Write the scripts and submit the array (the shards not done, or `only`) and the merge.
 pub fn submit(cfg: &ScaleConfig, opts: &SubmitOptions) -> Result<SubmitOutcome, StageError> {
     // Refuse an unpassed pilot here, not in every task.
-    let inh = inherit(cfg)?;
-    drop(inh);
+    inherit(cfg)?;
     let run_dir = cfg.artifacts_dir.join(&cfg.run_id);
     std::fs::create_dir_all(run_dir.join(slurm_files::LOGS))
         .map_err(|source| crate::sandbox::FsError { action: "create directory", path: run_dir.join(slurm_files::LOGS), source })?;
@@ -236,7 +235,8 @@ pub fn submit(cfg: &ScaleConfig, opts: &SubmitOptions) -> Result<SubmitOutcome, 
     };
     // A merge still waiting on an earlier submission's tasks would wait forever for a failed
     // one: the new merge replaces it.
-    if let Some(old) = read_jobs(&run_dir)?.and_then(|j| j.submissions.last().cloned()) {
+    let mut jobs = read_jobs(&run_dir)?.unwrap_or(Jobs { run_id: cfg.run_id.clone(), shards: cfg.shards, submissions: vec![] });
+    if let Some(old) = jobs.submissions.last() {
         if !queue(std::slice::from_ref(&old.merge_job))?.is_empty() {
             let _ = Command::new("scancel").arg(&old.merge_job).status();
         }
@@ -248,7 +248,6 @@ pub fn submit(cfg: &ScaleConfig, opts: &SubmitOptions) -> Result<SubmitOutcome, 
     margs.push(merge_script.display().to_string());
     let merge_job = sbatch(&margs)?;
     let submission = Submission { submitted_at: now(), array_job: merge_after.unwrap_or_default(), merge_job, shards: wanted };
-    let mut jobs = read_jobs(&run_dir)?.unwrap_or(Jobs { run_id: cfg.run_id.clone(), shards: cfg.shards, submissions: vec![] });
     jobs.submissions.push(submission.clone());
     let mut bytes = serde_json::to_vec_pretty(&jobs).expect("serialises");
     bytes.push(b'\n');

@@ -25,6 +25,7 @@ use super::dataset::{open_gated, GatedRun};
 use super::error::StageError;
 use super::pilot::{self, append_log, files, run_slice, PilotOptions, Slice};
 use super::progress::{Progress, Timings};
+use super::scale::exact_key;
 use super::records::{write_json, write_jsonl, Accepted};
 use crate::config::eval::TestItem;
 use crate::config::pilot::{Overrides, PilotConfig};
@@ -110,10 +111,6 @@ struct TrainingIndex {
     exact: HashMap<String, String>,
     near: kiln_text::NearDupIndex,
     grams: HashSet<u64>,
-}
-
-fn exact_key(s: &str) -> String {
-    kiln_text::normalize_whitespace(s).to_lowercase()
 }
 
 impl TrainingIndex {
@@ -372,8 +369,7 @@ pub fn run(cfg: &TestsetConfig, opts: &TestsetOptions) -> Result<TestsetOutcome,
             report.refused.len()
         )],
     )?;
-    manifest.resources = Some(crate::provenance::accounting::account(&run, wall.elapsed())?);
-    manifest.write(&run)?;
+    manifest.write_accounted(&run, wall.elapsed())?;
     Ok(TestsetOutcome { run_dir, per_type, contamination: report, wall_seconds: wall.elapsed().as_secs_f64() })
 }
 

@@ -284,7 +284,6 @@ pub fn run(cfg: &TrainConfig, opts: &TrainRunOptions) -> Result<TrainOutcome, St
         report.initial_val_loss
     ));
     append_log(&run, "train", &log)?;
-    manifest.resources = Some(crate::provenance::accounting::account(&run, wall.elapsed())?);
-    manifest.write(&run)?;
+    manifest.write_accounted(&run, wall.elapsed())?;
     Ok(TrainOutcome { run_dir, report, too_long: s.too_long.len(), unrendered, peak_rss_bytes: peak, wall_seconds })
 }

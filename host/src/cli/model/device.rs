@@ -36,6 +36,12 @@ pub struct DeviceCheckCommand {
     pub tolerance: f64,
 }
 
+/// `n` values uniform in ±`scale`, from `seed`.
+fn uniform(seed: u64, n: usize, scale: f64) -> Vec<f32> {
+    let mut rng = crate::train::rng::SplitMix::at(seed, &[]);
+    (0..n).map(|_| ((rng.unit() * 2.0 - 1.0) * scale) as f32).collect()
+}
+
 fn rel_diff(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
     let d = (a - b)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
     let n = b.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
@@ -72,8 +78,7 @@ impl DeviceCheckCommand {
                     ("down 640x2048", GgmlDType::Q6K, 640, 2048),
                 ];
                 for (i, (name, dtype, out_f, in_f)) in shapes.into_iter().enumerate() {
-                    let mut rng = crate::stages::seeds::SplitMix64::new(1000 + i as u64);
-                    let w: Vec<f32> = (0..out_f * in_f).map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 0.05).collect();
+                    let w = uniform(1000 + i as u64, out_f * in_f, 0.05);
                     let c = QTensor::quantize(&Tensor::from_vec(w, (out_f, in_f), &Device::Cpu)?, dtype)?;
                     let g = candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &c.data()?, vec![out_f, in_f], &gpu)?;
                     weights.push((name.to_string(), c, g));
@@ -87,8 +92,7 @@ impl DeviceCheckCommand {
         for (i, (name, q_cpu, q_gpu)) in weights.into_iter().enumerate() {
             let (dtype, (out_f, in_f)) = (q_cpu.dtype(), q_cpu.shape().dims2()?);
             let (m_cpu, m_gpu) = (QMatMul::from_qtensor(q_cpu)?, QMatMul::from_qtensor(q_gpu)?);
-            let mut rng = crate::stages::seeds::SplitMix64::new(i as u64 + 1);
-            let x: Vec<f32> = (0..self.rows * in_f).map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0).collect();
+            let x = uniform(i as u64 + 1, self.rows * in_f, 1.0);
             let x_cpu = Tensor::from_vec(x, (self.rows, in_f), &Device::Cpu)?;
             let x_gpu = x_cpu.to_device(&gpu)?;
             let y_cpu = m_cpu.forward(&x_cpu)?;
