@@ -2,7 +2,8 @@
 //! cleaning logic compiled natively and called directly, per record, at batch sizes 1, 64 and
 //! 1024; and the cost of instantiating a plugin from the precompiled cache.
 //!
-//! Run: `cargo bench --bench plugin_cost` (add `-- --records N` to change the workload).
+//! Run: `cargo bench --bench plugin_cost` (add `-- --records N` to change the workload, `--only
+//! plugin` or `--only native` to repeat one side only, for a profiler).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -70,8 +71,12 @@ fn native_clean(cfg: &cleaner_basic::Config, reference: &kiln_text::NearDupIndex
         .map(|(o, s)| match o {
             cleaner_basic::Outcome::Keep { instruction, response, notes } => {
                 let mut sample = s.clone();
-                sample.instruction = instruction;
-                sample.response = response;
+                if let Some(instruction) = instruction {
+                    sample.instruction = instruction;
+                }
+                if let Some(response) = response {
+                    sample.response = response;
+                }
                 sample.metadata.extend(notes);
                 CleanOutcome::Keep { sample }
             }
@@ -99,6 +104,8 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(|v| v.parse().expect("--records takes a number"))
         .unwrap_or(4096);
+    // `--only plugin` or `--only native`: time one side alone (for a profiler).
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let built = kiln::plugin::build::build_workspace(&root().join("plugins"), &root().join("plugins/dist")).expect("build plugins");
     let path = built.iter().find(|b| b.name == "cleaner-basic").expect("cleaner-basic built").path.clone();
     let seed_list = seeds();
@@ -122,8 +129,9 @@ fn main() {
     println!("kiln plugin cost: cleaner-basic ({} bytes), {records} records, best of 5", std::fs::metadata(&path).unwrap().len());
     println!("{:>6}  {:>14}  {:>14}  {:>7}", "batch", "plugin ns/rec", "native ns/rec", "ratio");
     for batch in [1usize, 64, 1024] {
-        let plugin_t = best_of(5, || data.chunks(batch).map(|c| w.clean(c).unwrap().len()).sum());
-        let native_t = best_of(5, || data.chunks(batch).map(|c| native_clean(&cfg, &reference, c).len()).sum());
+        let reps = |side: &str| if only.as_deref().is_none_or(|o| o == side) { 5 } else { 1 };
+        let plugin_t = best_of(reps("plugin"), || data.chunks(batch).map(|c| w.clean(c).unwrap().len()).sum());
+        let native_t = best_of(reps("native"), || data.chunks(batch).map(|c| native_clean(&cfg, &reference, c).len()).sum());
         let p = plugin_t.as_nanos() as f64 / records as f64;
         let n = native_t.as_nanos() as f64 / records as f64;
         println!("{batch:>6}  {p:>14.0}  {n:>14.0}  {:>6.2}x", p / n);

@@ -10,6 +10,8 @@ mod bindings;
 pub mod build;
 pub mod error;
 pub mod runtime;
+pub mod scaffold;
+pub mod source;
 pub mod supervisor;
 pub mod types;
 pub mod worker;

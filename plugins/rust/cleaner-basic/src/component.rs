@@ -59,13 +59,12 @@ impl Guest for Component {
             .map(|s| crate::Texts { id: s.id, instruction: s.instruction, response: s.response })
             .collect();
         let outcomes = crate::clean(&state.cfg, &state.reference, &texts);
-        Ok(texts
+        Ok(outcomes
             .into_iter()
-            .zip(outcomes)
-            .map(|(t, o)| match o {
+            .map(|o| match o {
                 crate::Outcome::Keep { instruction, response, notes } => Outcome::Keep(Edit {
-                    instruction: (instruction != t.instruction).then_some(instruction),
-                    response: (response != t.response).then_some(response),
+                    instruction,
+                    response,
                     notes: notes.into_iter().map(|(key, value)| Entry { key, value }).collect(),
                 }),
                 crate::Outcome::Drop { code, detail } => Outcome::Dropped(Drop { code, detail }),

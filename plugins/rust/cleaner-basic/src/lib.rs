@@ -8,7 +8,9 @@
 //! The logic is plain Rust (this module) so that it can be measured natively against the
 //! component; `component.rs` is the WIT glue.
 
-use kiln_text::{cut_at_markers, normalize_whitespace, repeated_ngram_ratio_with, GramSet, NearDupIndex, SearchScratch};
+use std::borrow::Cow;
+
+use kiln_text::{cut_at_markers, normalized, repeated_ngram_ratio_with, GramSet, NearDupIndex, SearchScratch};
 use serde::Deserialize;
 
 #[cfg(target_arch = "wasm32")]
@@ -121,10 +123,10 @@ pub struct Texts {
 pub enum Outcome {
     /// Kept, with the cleaned texts and notes on what changed (key, value).
     Keep {
-        /// Cleaned instruction.
-        instruction: String,
-        /// Cleaned response.
-        response: String,
+        /// The cleaned instruction, when cleaning changed it (None: the input's, unchanged).
+        instruction: Option<String>,
+        /// The cleaned response, when cleaning changed it (None: the input's, unchanged).
+        response: Option<String>,
         /// Annotations, e.g. ("cleaner-basic.truncated-at", "Instruction:").
         notes: Vec<(String, String)>,
     },
@@ -169,20 +171,18 @@ struct Work {
 
 fn clean_one(cfg: &Config, reference: &NearDupIndex, seen: &mut NearDupIndex, work: &mut Work, t: &Texts) -> Outcome {
     let mut notes = Vec::new();
-    let (mut instruction, mut response) = if cfg.normalize {
-        (normalize_whitespace(&t.instruction), normalize_whitespace(&t.response))
-    } else {
-        (t.instruction.clone(), t.response.clone())
-    };
+    // Each text is borrowed from the input until a step changes it.
+    let mut instruction: Cow<str> = if cfg.normalize { normalized(&t.instruction) } else { Cow::Borrowed(&t.instruction) };
+    let mut response: Cow<str> = if cfg.normalize { normalized(&t.response) } else { Cow::Borrowed(&t.response) };
     let (cut, marker) = cut_at_markers(&instruction, &cfg.leak_markers);
     if let Some(m) = marker {
         notes.push(("cleaner-basic.instruction-truncated-at".to_string(), m));
-        instruction = cut.trim().to_string();
+        instruction = Cow::Owned(cut.trim().to_string());
     }
     let (cut, marker) = cut_at_markers(&response, &cfg.leak_markers);
     if let Some(m) = marker {
         notes.push(("cleaner-basic.response-truncated-at".to_string(), m));
-        response = cut.trim().to_string();
+        response = Cow::Owned(cut.trim().to_string());
     }
     let ilen = instruction.chars().count();
     if ilen < cfg.min_instruction_chars {
@@ -233,7 +233,12 @@ fn clean_one(cfg: &Config, reference: &NearDupIndex, seen: &mut NearDupIndex, wo
         }
     }
     seen.insert_set(t.id.clone(), &work.grams);
-    Outcome::Keep { instruction, response, notes }
+    // A copy that came out equal to the input is no change.
+    let changed = |text: Cow<str>, input: &str| match text {
+        Cow::Owned(s) if s != input => Some(s),
+        _ => None,
+    };
+    Outcome::Keep { instruction: changed(instruction, &t.instruction), response: changed(response, &t.response), notes }
 }
 
 /// Reference instructions from JSON lines (`{"instruction": "..."}` per line; blank lines
@@ -279,7 +284,7 @@ mod tests {
         );
         match &out[0] {
             Outcome::Keep { response, notes, .. } => {
-                assert_eq!(response, "The Danube, the Rhine and the Seine.");
+                assert_eq!(response.as_deref(), Some("The Danube, the Rhine and the Seine."));
                 assert_eq!(notes[0].1, "Instruction:");
             }
             o => panic!("{o:?}"),

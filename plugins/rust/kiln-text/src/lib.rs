@@ -71,6 +71,38 @@ pub fn normalize_whitespace(text: &str) -> String {
     out
 }
 
+/// [`normalize_whitespace`] without a copy for a text that normalisation leaves as it is
+/// (borrowed exactly when the text is already normal: printable ASCII and line feeds, no
+/// double space, no space before a line feed, no run of three line feeds, nothing to trim).
+pub fn normalized(text: &str) -> std::borrow::Cow<'_, str> {
+    if is_normal(text.as_bytes()) {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(normalize_whitespace(text))
+    }
+}
+
+/// True when `normalize_whitespace` returns the text unchanged and the text is made of printable
+/// ASCII and line feeds only (texts with anything else go the copying way).
+fn is_normal(b: &[u8]) -> bool {
+    if matches!(b.first(), Some(b' ' | b'\n')) || matches!(b.last(), Some(b' ' | b'\n')) {
+        return false;
+    }
+    let mut i = 0;
+    loop {
+        i = plain_run_end(b, i, false);
+        if i == b.len() {
+            return true;
+        }
+        // A line feed ends a line with nothing to trim (not the first byte, see above), and
+        // at most one blank line follows.
+        if b[i] != b'\n' || b[i - 1] == b' ' || (b.get(i + 1) == Some(&b'\n') && b.get(i + 2) == Some(&b'\n')) {
+            return false;
+        }
+        i += 1;
+    }
+}
+
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
@@ -994,6 +1026,31 @@ mod tests {
             }
         }
         best
+    }
+
+    #[test]
+    fn normalized_borrows_exactly_the_normal_texts() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let mut borrowed = 0;
+        let fixed = ["", "a", "a b", "a\nb", "a\n\nb", "a\n\n\nb", "a \nb", "a\n b", " a", "a ", "\na", "a\n", "a  b", "a\tb", "caf\u{e9}"];
+        // Mostly the plain ASCII pieces a normal text is made of, so that both answers are common.
+        let ascii = ["a", "the", "x1", ".", " ", "  ", "\n", "\n\n", "\n\n\n", " \n", "\n "];
+        let random: Vec<String> = (0..20_000).map(|i| if i % 4 == 0 { rng.text(PIECES, 12) } else { rng.text(&ascii, 12) }).collect();
+        for text in fixed.iter().map(|t| t.to_string()).chain(random) {
+            let full = normalize_whitespace(&text);
+            match normalized(&text) {
+                std::borrow::Cow::Borrowed(b) => {
+                    assert_eq!(full, text, "borrowed a text normalisation changes: {text:?}");
+                    assert_eq!(b, text);
+                    borrowed += 1;
+                }
+                std::borrow::Cow::Owned(o) => {
+                    assert_eq!(o, full, "{text:?}");
+                    assert!(full != text || !text.bytes().all(|c| c == b'\n' || (0x20..=0x7E).contains(&c)), "copied a normal text: {text:?}");
+                }
+            }
+        }
+        assert!(borrowed > 1000, "too few normal texts in the sample: {borrowed}");
     }
 
     #[test]
