@@ -2,6 +2,13 @@
 //! cleaning logic compiled natively and called directly, per record, at batch sizes 1, 64 and
 //! 1024; and the cost of instantiating a plugin from the precompiled cache.
 //!
+//! Then the same for the Python and JavaScript ports of the cleaner (`plugins/python/cleaner-py`,
+//! `plugins/js/cleaner-js`, built with componentize-py / componentize-js, installed by kiln on
+//! first use) against the Rust component: per-record cost, component size, the first load
+//! (compile into the cache), a load from the cache, a fresh instance, and what the Python
+//! cleaner adds to a pilot (`--pilot-secs S`, default 130, the README pilot's wall time here).
+//! `--rust-only` skips them.
+//!
 //! Run: `cargo bench --bench plugin_cost` (add `-- --records N` to change the workload, `--only
 //! plugin` or `--only native` to repeat one side only, for a profiler).
 
@@ -151,4 +158,80 @@ fn main() {
     println!("compile + cache (first load): {:>8.2} ms", cold.as_secs_f64() * 1e3);
     println!("load from precompiled cache:  {:>8.2} ms", warm_load.as_secs_f64() * 1e3);
     println!("fresh instance (configured):  {:>8.3} ms", fresh.as_secs_f64() * 1e3);
+    if args.iter().any(|a| a == "--rust-only") {
+        return;
+    }
+
+    // The Python and JavaScript cleaners against the Rust component.
+    let pilot_secs: f64 = args
+        .iter()
+        .position(|a| a == "--pilot-secs")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("--pilot-secs takes a number"))
+        .unwrap_or(130.0);
+    let rust_size = std::fs::metadata(&path).unwrap().len();
+    let batches = [1usize, 64, 1024];
+    let rust_ns: Vec<f64> = batches
+        .iter()
+        .map(|&b| best_of(3, || data.chunks(b).map(|c| w.clean(c).unwrap().len()).sum()).as_nanos() as f64 / records as f64)
+        .collect();
+    let rust_out = w.clean(&data[..256]).unwrap();
+    println!();
+    println!("Python and JavaScript cleaners (ports of cleaner-basic) vs the Rust component, {records} records, best of 3");
+    println!("{:<11} {:>9} {:>11} {:>11} {:>10} {:>18} {:>18} {:>18}", "plugin", "size MB", "first load", "cache load", "instance", "ns/rec b=1 (x)", "ns/rec b=64 (x)", "ns/rec b=1024 (x)");
+    println!("{:<11} {:>9.2} {:>9.0}ms {:>9.2}ms {:>8.3}ms {:>18.0} {:>18.0} {:>18.0}", "rust", rust_size as f64 / 1e6, cold.as_secs_f64() * 1e3, warm_load.as_secs_f64() * 1e3, fresh.as_secs_f64() * 1e3, rust_ns[0], rust_ns[1], rust_ns[2]);
+    for (name, folder) in [("cleaner-py", "python/cleaner-py"), ("cleaner-js", "js/cleaner-js")] {
+        let built = kiln::plugin::source::build_plugin(&root().join("plugins").join(folder), &root().join("plugins/dist"))
+            .unwrap_or_else(|e| panic!("building {folder}: {e}"));
+        let mut gspec = PluginSpec::new(&built.path);
+        gspec.config = config.clone();
+        let t = Instant::now();
+        let gplugin = rt.load(&gspec).unwrap();
+        let gcold = t.elapsed();
+        let mut gw = gplugin.worker(0);
+        // The same decisions and texts as the Rust cleaner (its notes carry its own name).
+        let rename = |o: &CleanOutcome| serde_json::to_string(o).unwrap().replace(name, "cleaner-basic");
+        let ours: Vec<String> = gw.clean(&data[..256]).unwrap().iter().map(rename).collect();
+        let theirs: Vec<String> = rust_out.iter().map(rename).collect();
+        assert_eq!(ours, theirs, "{name} and cleaner-basic disagree");
+        let gwarm = best_of(5, || {
+            rt.load(&gspec).unwrap();
+            1
+        });
+        let gfresh = best_of(5, || {
+            let mut w = gplugin.worker(1);
+            w.ready().unwrap();
+            1
+        });
+        let ns: Vec<f64> = batches
+            .iter()
+            .map(|&b| best_of(3, || data.chunks(b).map(|c| gw.clean(c).unwrap().len()).sum()).as_nanos() as f64 / records as f64)
+            .collect();
+        let cell = |i: usize| format!("{:.0} ({:.0}x)", ns[i], ns[i] / rust_ns[i]);
+        println!(
+            "{name:<11} {:>9.2} {:>9.0}ms {:>9.2}ms {:>8.3}ms {:>18} {:>18} {:>18}",
+            std::fs::metadata(&built.path).unwrap().len() as f64 / 1e6,
+            gcold.as_secs_f64() * 1e3,
+            gwarm.as_secs_f64() * 1e3,
+            gfresh.as_secs_f64() * 1e3,
+            cell(0),
+            cell(1),
+            cell(2)
+        );
+        if name == "cleaner-py" {
+            // A 50-sample pilot loads the cleaner from the cache once, makes one instance and
+            // cleans its samples in one batch (plugin_batch_size 512).
+            let pilot_batch = &data[..50];
+            let clean50 = best_of(3, || gw.clean(pilot_batch).unwrap().len());
+            let added = gwarm + gfresh + clean50;
+            println!(
+                "  in a 50-sample pilot: load {:.1} ms + instance {:.1} ms + cleaning {:.1} ms = {:.1} ms, {:.3} % of a {pilot_secs:.0} s pilot",
+                gwarm.as_secs_f64() * 1e3,
+                gfresh.as_secs_f64() * 1e3,
+                clean50.as_secs_f64() * 1e3,
+                added.as_secs_f64() * 1e3,
+                added.as_secs_f64() / pilot_secs * 100.0
+            );
+        }
+    }
 }

@@ -87,7 +87,24 @@ pub fn samples(n: usize) -> Vec<Sample> {
 pub fn kiln() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.env("KILN_CACHE_DIR", root().join("target/test-plugin-cache-cli"));
+    // One install of the Python and JavaScript plugin toolchains for every test.
+    c.env("KILN_PLUGIN_TOOLS", kiln::plugin::source::tools_dir());
     c
+}
+
+/// A Python or JavaScript reference plugin (`plugins/python/<name>`, `plugins/js/<name>`),
+/// built into `plugins/dist/` once per test run (its toolchain installed on first use).
+pub fn reference_src(folder: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, Result<PathBuf, String>)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, r)) = built.iter().find(|(f, _)| f == folder) {
+        return r.clone().unwrap_or_else(|e| panic!("cannot build plugins/{folder}: {e}"));
+    }
+    let r = kiln::plugin::source::build_plugin(&root().join("plugins").join(folder), &root().join("plugins/dist"))
+        .map(|b| b.path)
+        .map_err(|e| format!("{e:#}"));
+    built.push((folder.to_string(), r.clone()));
+    r.unwrap_or_else(|e| panic!("cannot build plugins/{folder}: {e}"))
 }
 
 /// A real model for the tests that need one (gemma3-270m or smollm2-instruct): taken from

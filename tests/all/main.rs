@@ -3,6 +3,8 @@
 
 mod common;
 mod cli;
+mod authoring;
+mod guest_langs;
 mod hostile;
 mod reference;
 mod runtime;

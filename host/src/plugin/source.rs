@@ -379,7 +379,7 @@ pub fn build_plugin(dir: &Path, dist: &Path) -> Result<BuiltPlugin, SourceError>
             match manifest.lang {
                 Lang::Python => {
                     cmd.arg("-d").arg(&wit).args(["-w", manifest.world.name(), "componentize", manifest.entry(), "-p", "."]);
-                    cmd.arg("-o").arg(&out).env("PYTHONDONTWRITEBYTECODE", "1");
+                    cmd.arg("-o").arg(&out);
                 }
                 _ => {
                     cmd.arg(manifest.entry()).arg("--wit").arg(&wit).args(["-n", manifest.world.name()]);
@@ -387,10 +387,19 @@ pub fn build_plugin(dir: &Path, dist: &Path) -> Result<BuiltPlugin, SourceError>
                     cmd.args(["-d", "http", "fetch-event", "-o"]).arg(&out);
                 }
             }
+            // componentize-py imports the plugin with the build machine's Python, which leaves
+            // bytecode caches beside the sources: remove those the build made.
+            let caches = |d: &Path| -> Vec<PathBuf> {
+                walk_dirs(d).into_iter().filter(|p| p.file_name().is_some_and(|n| n == "__pycache__")).collect()
+            };
+            let before = caches(dir);
             let output = cmd.current_dir(dir).stdin(Stdio::null()).output().map_err(|e| SourceError::Tool {
                 tool: tool.name().into(),
                 detail: format!("cannot run {}: {e}", exe.display()),
             })?;
+            for made in caches(dir).into_iter().filter(|c| !before.contains(c)) {
+                let _ = std::fs::remove_dir_all(made);
+            }
             if !output.status.success() {
                 return Err(SourceError::Build {
                     dir: dir.to_path_buf(),
@@ -411,6 +420,23 @@ pub fn build_plugin(dir: &Path, dist: &Path) -> Result<BuiltPlugin, SourceError>
         dist_dir.write_atomic(&file, &bytes)?;
     }
     Ok(BuiltPlugin { path: dist.join(file), manifest })
+}
+
+/// Every folder under `dir` (itself included), skipping what cannot be read.
+fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(entries) = std::fs::read_dir(&out[i]) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 /// The config table that loads a component of `world` from `path` pinned to `sha256`.
