@@ -58,7 +58,7 @@ pub enum Command {
     /// Work with models: fetch, inspect, tokenize, generate, score.
     #[command(subcommand)]
     Model(model::ModelCommand),
-    /// Work with plugins: check, hash, run.
+    /// Work with plugins: new, build, check, hash, run.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
     /// Paired statistics (McNemar, Wilson, Cohen's h, Benjamini-Hochberg) on JSON.

@@ -199,6 +199,11 @@ impl Runtime {
         let compiled = self.engine.precompile_component(bytes).map_err(load_err)?;
         let dir = RunDir::create(cache)?;
         dir.write_atomic(&name, &compiled)?;
+        // From the file, as later loads do: mapped, so that instances start from copy-on-write
+        // memory images. SAFETY: the file was written just above from this engine's output.
+        if let Ok(c) = unsafe { Component::deserialize_file(&self.engine, &file) } {
+            return Ok(c);
+        }
         // SAFETY: these bytes were produced just above by this engine.
         unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(load_err)
     }

@@ -393,6 +393,8 @@ pub fn build_plugin(dir: &Path, dist: &Path) -> Result<BuiltPlugin, SourceError>
                 walk_dirs(d).into_iter().filter(|p| p.file_name().is_some_and(|n| n == "__pycache__")).collect()
             };
             let before = caches(dir);
+            // The toolchains are Rust programs: their backtraces would bury the plugin's error.
+            cmd.env("RUST_BACKTRACE", "0").env("RUST_LIB_BACKTRACE", "0");
             let output = cmd.current_dir(dir).stdin(Stdio::null()).output().map_err(|e| SourceError::Tool {
                 tool: tool.name().into(),
                 detail: format!("cannot run {}: {e}", exe.display()),

@@ -42,7 +42,12 @@ impl BuildCommand {
             }
             let bytes = std::fs::metadata(&built.path).map(|m| m.len()).unwrap_or(0);
             println!("{:<16} {}  {} ({:.1} MB)", plugin.world.name(), plugin.sha256, built.path.display(), bytes as f64 / 1e6);
-            println!("\n# in a kiln config (paths are relative to the config file):\n{}", config_snippet(plugin.world, &built.path, &plugin.sha256));
+            // The absolute path: a config's paths are relative to the config file, wherever it is.
+            let absolute = std::path::absolute(&built.path).unwrap_or_else(|_| built.path.clone());
+            println!(
+                "\n# in a kiln config (a relative path there is relative to the config file):\n{}",
+                config_snippet(plugin.world, &absolute, &plugin.sha256)
+            );
             return Ok(ExitCode::SUCCESS);
         }
         let dist = self.dist.clone().unwrap_or_else(|| self.dir.join("dist"));
