@@ -150,3 +150,18 @@ fn failure_budget_stops_the_run_cleanly_and_keeps_the_quarantine() {
     let text = std::fs::read_to_string(dir.path().join("quarantine/hostile.jsonl")).unwrap();
     assert_eq!(text.lines().count(), 4);
 }
+
+#[test]
+fn a_plugin_that_logs_on_every_call_keeps_running_on_a_small_log_budget() {
+    // Each call prints about 60 bytes to each stream; 400 calls print far more than the 4 KiB
+    // budget, which holds per call: the worker renews the instance before writes would fail.
+    let mut s = spec(test_plugin("hostile"), json!({ "mode": "print", "always": true }));
+    s.limits = Limits { max_log_bytes: 4096, ..small() };
+    let p = runtime().load(&s).unwrap();
+    let mut w = p.worker(0);
+    for i in 0..400 {
+        let out = w.clean(&samples(1)).unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!(out.len(), 1);
+    }
+    assert!(w.instantiations() > 5, "{} instances", w.instantiations());
+}

@@ -84,7 +84,8 @@ impl<'p> Worker<'p> {
         self.plugin
     }
 
-    /// How many stores this worker has created (1 + one per trap, lazily).
+    /// How many stores this worker has created (1, then one after each trap and each time the
+    /// log budget is half used; lazily).
     pub fn instantiations(&self) -> u64 {
         self.instantiations
     }
@@ -218,7 +219,7 @@ impl<'p> Worker<'p> {
         let out = match raw {
             Err(trap) => return Err(self.failure(name, &ids, &mut live, trap).into()),
             Ok(Err(e)) => {
-                self.live = Some(live);
+                self.keep(live);
                 let mut detail = format!("[{}] {}", e.code, e.message);
                 if !e.record_ids.is_empty() {
                     detail.push_str(&format!(" (records named: {})", e.record_ids.join(", ")));
@@ -235,7 +236,7 @@ impl<'p> Worker<'p> {
             }
             Ok(Ok(v)) => convert(v),
         };
-        self.live = Some(live);
+        self.keep(live);
         let size = out.wire_size();
         let cap = self.plugin.spec.limits.max_output_bytes;
         if size > cap {
@@ -257,6 +258,16 @@ impl<'p> Worker<'p> {
     }
 
     /// Send what the plugin printed since the last call to kiln's log, under its name.
+    /// Keep the instance for the next call, unless it has used half of its log budget: the
+    /// captured streams only grow, so a plugin that logs on every call gets a fresh instance
+    /// (configured again) before its writes would start to fail; the cap holds per call.
+    fn keep(&mut self, live: Live) {
+        let half = self.plugin.spec.limits.max_log_bytes / 2;
+        if live.stdout_seen <= half && live.stderr_seen <= half {
+            self.live = Some(live);
+        }
+    }
+
     fn forward_logs(&self, live: &mut Live) {
         let name = &self.plugin.name;
         let out = live.store.data().stdout.contents();
