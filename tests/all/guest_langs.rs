@@ -198,5 +198,5 @@ fn python_and_javascript_cleaners_run_in_a_pilot_and_in_replay() {
     let rows = out["delta"]["rows"].as_array().unwrap();
     let cleaned = rows.iter().find(|r| r["metric"] == "cleaned").unwrap();
     assert_eq!(cleaned["before"], cleaned["after"], "{rows:?}");
-    assert_eq!(cleaned["before"].as_u64(), report["counts"]["cleaned"].as_u64());
+    assert_eq!(cleaned["before"].as_f64(), report["counts"]["cleaned"].as_f64());
 }

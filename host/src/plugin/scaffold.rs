@@ -27,7 +27,16 @@ fn stub(world: World, lang: Lang) -> &'static str {
 
 /// The files of a new plugin folder (path inside the folder, contents, executable).
 pub fn files(name: &str, world: World, lang: Lang) -> Vec<(PathBuf, String, bool)> {
-    let fill = |t: &str| t.replace("{{name}}", name).replace("{{wit_version}}", WIT_VERSION);
+    // A stub is the world's functions around the language's shared parts (imports, info,
+    // configure), then the plugin's name.
+    let (prelude, methods) = match lang {
+        Lang::Rust => ("", include_str!("templates/rust-methods.rs")),
+        Lang::Python => (include_str!("templates/python-prelude.py"), include_str!("templates/python-methods.py")),
+        Lang::Js => (include_str!("templates/js-prelude.js"), include_str!("templates/js-methods.js")),
+    };
+    let fill = |t: &str| {
+        t.replace("{{prelude}}", prelude).replace("{{methods}}", methods).replace("{{name}}", name).replace("{{wit_version}}", WIT_VERSION)
+    };
     let source = match lang {
         Lang::Rust => "src/lib.rs",
         Lang::Python => "app.py",

@@ -2,27 +2,9 @@
 // example instructions for the model to continue, and "Instruction: ... Response:" for the
 // answers. Change the texts, stops and token budgets here.
 
-let config = {};
-
-function pluginError(code, message) {
-  // A thrown value becomes the call's plugin-error.
-  return { code, message, recordIds: [] };
-}
-
+{{prelude}}
 export const templating = {
-  info() {
-    return { name: "{{name}}", version: "0.1.0", witVersion: "{{wit_version}}" };
-  },
-
-  // `text` is the plugin's table from the kiln config, as JSON ("{}" when there is none).
-  configure(text) {
-    try {
-      config = JSON.parse(text || "{}");
-    } catch (e) {
-      throw pluginError("bad-config", `{{name}} config: ${e.message}`);
-    }
-  },
-
+{{methods}}
   // One prompt per request: the examples as a numbered list, ending where the next item starts.
   instructionPrompts(requests) {
     return requests.map((r) => {

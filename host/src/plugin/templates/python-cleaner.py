@@ -1,28 +1,13 @@
 """{{name}}: a kiln cleaner. It keeps every sample as it is: put your cleaning in `clean`."""
 
-import json
-from typing import List
-
-from componentize_py_types import Err
-from wit_world import exports
-from wit_world.exports import cleaning
+{{prelude}}from wit_world.exports import cleaning
 from wit_world.imports import types
 
 CONFIG = {}
 
 
 class Cleaning(exports.Cleaning):
-    def info(self) -> types.PluginInfo:
-        return types.PluginInfo(name="{{name}}", version="0.1.0", wit_version="{{wit_version}}")
-
-    def configure(self, config: str) -> None:
-        """`config` is the plugin's table from the kiln config, as JSON ("{}" when there is none)."""
-        global CONFIG
-        try:
-            CONFIG = json.loads(config or "{}")
-        except ValueError as e:
-            raise Err(types.PluginError(code="bad-config", message=f"{{name}} config: {e}", record_ids=[]))
-
+{{methods}}
     def clean(self, samples: List[types.Sample]) -> List[cleaning.Outcome]:
         """One outcome per sample, in order: keep (with edited texts, None = unchanged) or drop.
 

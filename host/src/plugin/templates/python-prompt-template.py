@@ -2,29 +2,14 @@
 example instructions for the model to continue, and "Instruction: ... Response:" for the
 answers. Change the texts, stops and token budgets here."""
 
-import json
-from typing import List
-
-from componentize_py_types import Err
-from wit_world import exports
-from wit_world.exports import templating
+{{prelude}}from wit_world.exports import templating
 from wit_world.imports import types
 
 CONFIG = {}
 
 
 class Templating(exports.Templating):
-    def info(self) -> types.PluginInfo:
-        return types.PluginInfo(name="{{name}}", version="0.1.0", wit_version="{{wit_version}}")
-
-    def configure(self, config: str) -> None:
-        """`config` is the plugin's table from the kiln config, as JSON ("{}" when there is none)."""
-        global CONFIG
-        try:
-            CONFIG = json.loads(config or "{}")
-        except ValueError as e:
-            raise Err(types.PluginError(code="bad-config", message=f"{{name}} config: {e}", record_ids=[]))
-
+{{methods}}
     def instruction_prompts(self, requests: List[templating.InstructionRequest]) -> List[templating.Prompt]:
         """One prompt per request: the examples as a numbered list, ending where the next item starts."""
         prompts = []

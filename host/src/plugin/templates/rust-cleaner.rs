@@ -8,15 +8,7 @@ use kiln::stages::types::{PluginError, PluginInfo, Sample};
 struct Plugin;
 
 impl Guest for Plugin {
-    fn info() -> PluginInfo {
-        PluginInfo { name: "{{name}}".into(), version: env!("CARGO_PKG_VERSION").into(), wit_version: "{{wit_version}}".into() }
-    }
-
-    /// `config` is the plugin's table from the kiln config, as JSON ("{}" when there is none).
-    fn configure(_config: String) -> Result<(), PluginError> {
-        Ok(())
-    }
-
+{{methods}}
     /// One outcome per sample, in order: keep (with edited texts, None = unchanged) or drop.
     fn clean(samples: Vec<Sample>) -> Result<Vec<Outcome>, PluginError> {
         // A drop would be: Outcome::Dropped(Drop { code: "too-short".into(), detail: "12 characters".into() })

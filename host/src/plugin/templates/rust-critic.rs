@@ -9,15 +9,7 @@ use kiln::stages::types::{PluginError, PluginInfo, Sample, Verdict};
 struct Plugin;
 
 impl Guest for Plugin {
-    fn info() -> PluginInfo {
-        PluginInfo { name: "{{name}}".into(), version: env!("CARGO_PKG_VERSION").into(), wit_version: "{{wit_version}}".into() }
-    }
-
-    /// `config` is the plugin's table from the kiln config, as JSON ("{}" when there is none).
-    fn configure(_config: String) -> Result<(), PluginError> {
-        Ok(())
-    }
-
+{{methods}}
     /// The prompts the model scores: for each, kiln computes the log-probabilities of the two
     /// single-token answers (e.g. " A" and " B") after the prompt.
     fn requests(_samples: Vec<Sample>) -> Result<Vec<ScoreRequest>, PluginError> {

@@ -10,15 +10,7 @@ use kiln::stages::types::{PluginError, PluginInfo};
 struct Plugin;
 
 impl Guest for Plugin {
-    fn info() -> PluginInfo {
-        PluginInfo { name: "{{name}}".into(), version: env!("CARGO_PKG_VERSION").into(), wit_version: "{{wit_version}}".into() }
-    }
-
-    /// `config` is the plugin's table from the kiln config, as JSON ("{}" when there is none).
-    fn configure(_config: String) -> Result<(), PluginError> {
-        Ok(())
-    }
-
+{{methods}}
     /// One prompt per request: the examples as a numbered list, ending where the next item starts.
     fn instruction_prompts(requests: Vec<InstructionRequest>) -> Result<Vec<Prompt>, PluginError> {
         Ok(requests

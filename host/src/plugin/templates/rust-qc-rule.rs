@@ -9,15 +9,7 @@ use kiln::stages::types::{PluginError, PluginInfo, Sample};
 struct Plugin;
 
 impl Guest for Plugin {
-    fn info() -> PluginInfo {
-        PluginInfo { name: "{{name}}".into(), version: env!("CARGO_PKG_VERSION").into(), wit_version: "{{wit_version}}".into() }
-    }
-
-    /// `config` is the plugin's table from the kiln config, as JSON ("{}" when there is none).
-    fn configure(_config: String) -> Result<(), PluginError> {
-        Ok(())
-    }
-
+{{methods}}
     /// Judge the whole set: named metrics, each with its threshold and pass, and the reasons
     /// for a failure.
     fn evaluate(samples: Vec<Sample>) -> Result<Report, PluginError> {
