@@ -404,17 +404,31 @@ class NearDupIndex {
    * `threshold`: { label, sim }, or null. Among equally similar texts, the one added first.
    */
   mostSimilarAtLeast(set, threshold) {
-    if (set.size === 0) return null;
+    if (set.size === 0 || this.sets.length === 0) return null;
+    // Two bounds keep a search short without changing its answer (as in cleaner-basic): a text
+    // with similarity s >= threshold shares at least threshold * |set| n-grams with `set`, so
+    // it holds one of any |set| - need + 1 of them, and only the postings of that many of the
+    // rarest n-grams are read; and a text whose size alone keeps its similarity under the
+    // threshold is not compared.
+    let need = 1;
+    if (threshold > 0) need = Math.min(Math.max(Math.ceil(threshold * set.size * (1 - 1e-12)), 1), set.size);
+    const lists = [...set].map((g) => this.postings.get(g) ?? []).sort((a, b) => a.length - b.length).slice(0, set.size - need + 1);
+    // A text y reaches the threshold only if it shares at least
+    // threshold / (1 + threshold) * (|set| + |y|) n-grams with `set`.
+    const t0 = Math.max(threshold, 0);
+    const share = (t0 / (1 + t0)) * (1 - 1e-12);
     const compared = new Set();
     let best = -1;
     let bestSim = -1;
-    for (const g of set) {
-      for (const t of this.postings.get(g) ?? []) {
+    for (const list of lists) {
+      for (const t of list) {
         if (compared.has(t)) continue;
         compared.add(t);
         const other = this.sets[t];
+        if (Math.ceil(share * (set.size + other.size)) > Math.min(set.size, other.size)) continue;
         let inter = 0;
-        for (const h of set) if (other.has(h)) inter++;
+        const [small, large] = set.size <= other.size ? [set, other] : [other, set];
+        for (const h of small) if (large.has(h)) inter++;
         const sim = inter / (set.size + other.size - inter);
         if (sim > bestSim || (sim === bestSim && t < best)) {
           best = t;

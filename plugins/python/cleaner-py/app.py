@@ -20,6 +20,7 @@ componentize-py exports.
 """
 
 import json
+import math
 import re
 from decimal import Decimal
 from typing import List, NamedTuple, Optional, Tuple
@@ -201,13 +202,31 @@ class NearDupIndex:
 
         Only texts sharing at least one n-gram with the query are candidates (so a query without
         words matches nothing); among equally similar texts, the one added first wins.
+
+        Two bounds keep a search short without changing its answer (as in cleaner-basic): a
+        text with similarity s >= threshold shares at least threshold * |query| n-grams with
+        the query, so it holds one of any |query| - need + 1 of them, and only the postings of
+        that many of the rarest n-grams are read; and a text whose size alone keeps its
+        similarity under the threshold is not compared.
         """
+        if not grams or not self.sets:
+            return None
+        need = 1
+        if threshold > 0:
+            need = min(max(math.ceil(threshold * len(grams) * (1 - 1e-12)), 1), len(grams))
+        lists = sorted((self.postings.get(g, ()) for g in grams), key=len)[: len(grams) - need + 1]
         candidates = set()
-        for g in grams:
-            candidates.update(self.postings.get(g, ()))
+        for postings in lists:
+            candidates.update(postings)
+        # A text y reaches the threshold only if it shares at least
+        # threshold / (1 + threshold) * (|query| + |y|) n-grams with the query.
+        share = max(threshold, 0.0) / (1.0 + max(threshold, 0.0)) * (1 - 1e-12)
         best_t, best_sim = None, None
         for t in sorted(candidates):
-            sim = jaccard(grams, self.sets[t])
+            other = self.sets[t]
+            if math.ceil(share * (len(grams) + len(other))) > min(len(grams), len(other)):
+                continue
+            sim = jaccard(grams, other)
             if best_sim is None or sim > best_sim:
                 best_t, best_sim = t, sim
         if best_t is None or best_sim < threshold:
