@@ -92,6 +92,35 @@ fn native_clean(cfg: &cleaner_basic::Config, reference: &kiln_text::NearDupIndex
         .collect()
 }
 
+/// The value after `--name` on the command line, parsed.
+fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    let v = args.iter().position(|a| a == name).and_then(|i| args.get(i + 1))?;
+    Some(v.parse().unwrap_or_else(|_| panic!("{name} takes a number, got {v}")))
+}
+
+/// Nanoseconds per record of cleaning `data` in batches of each size (best of `reps`).
+fn per_record(w: &mut kiln::plugin::Worker, data: &[Sample], batches: &[usize], reps: usize) -> Vec<f64> {
+    batches
+        .iter()
+        .map(|&b| best_of(reps, || data.chunks(b).map(|c| w.clean(c).unwrap().len()).sum()).as_nanos() as f64 / data.len() as f64)
+        .collect()
+}
+
+/// A whole load from the warm cache (read, hash, deserialise, instantiate, info, configure),
+/// and a fresh configured instance from the loaded component.
+fn instantiation(rt: &Runtime, spec: &PluginSpec, plugin: &kiln::plugin::Plugin, reps: usize) -> (Duration, Duration) {
+    let load = best_of(reps, || {
+        rt.load(spec).unwrap();
+        1
+    });
+    let fresh = best_of(2 * reps, || {
+        let mut w = plugin.worker(1);
+        w.ready().unwrap();
+        1
+    });
+    (load, fresh)
+}
+
 fn best_of<F: FnMut() -> usize>(reps: usize, mut f: F) -> Duration {
     (0..reps)
         .map(|_| {
@@ -105,12 +134,7 @@ fn best_of<F: FnMut() -> usize>(reps: usize, mut f: F) -> Duration {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let records: usize = args
-        .iter()
-        .position(|a| a == "--records")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("--records takes a number"))
-        .unwrap_or(4096);
+    let records: usize = arg(&args, "--records").unwrap_or(4096);
     // `--only plugin` or `--only native`: time one side alone (for a profiler).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let built = kiln::plugin::build::build_workspace(&root().join("plugins"), &root().join("plugins/dist")).expect("build plugins");
@@ -133,28 +157,22 @@ fn main() {
     let mut w = plugin.worker(0);
     assert_eq!(w.clean(&data[..256]).unwrap(), native_clean(&cfg, &reference, &data[..256]), "plugin and native disagree");
 
-    println!("kiln plugin cost: cleaner-basic ({} bytes), {records} records, best of 5", std::fs::metadata(&path).unwrap().len());
+    let rust_size = std::fs::metadata(&path).unwrap().len();
+    println!("kiln plugin cost: cleaner-basic ({rust_size} bytes), {records} records, best of 5");
     println!("{:>6}  {:>14}  {:>14}  {:>7}", "batch", "plugin ns/rec", "native ns/rec", "ratio");
-    for batch in [1usize, 64, 1024] {
-        let reps = |side: &str| if only.as_deref().is_none_or(|o| o == side) { 5 } else { 1 };
-        let plugin_t = best_of(reps("plugin"), || data.chunks(batch).map(|c| w.clean(c).unwrap().len()).sum());
+    let batches = [1usize, 64, 1024];
+    let reps = |side: &str| if only.as_deref().is_none_or(|o| o == side) { 5 } else { 1 };
+    let mut rust_ns = Vec::new();
+    for batch in batches {
+        // Each side of a row is timed right after the other, so a busy machine skews both alike.
+        let p = per_record(&mut w, &data, &[batch], reps("plugin"))[0];
+        rust_ns.push(p);
         let native_t = best_of(reps("native"), || data.chunks(batch).map(|c| native_clean(&cfg, &reference, c).len()).sum());
-        let p = plugin_t.as_nanos() as f64 / records as f64;
         let n = native_t.as_nanos() as f64 / records as f64;
         println!("{batch:>6}  {p:>14.0}  {n:>14.0}  {:>6.2}x", p / n);
     }
 
-    // Instantiation: a whole load from the warm cache (read, hash, deserialise, instantiate,
-    // info, configure), and a fresh configured instance from the already loaded component.
-    let warm_load = best_of(10, || {
-        rt.load(&spec).unwrap();
-        1
-    });
-    let fresh = best_of(20, || {
-        let mut w = plugin.worker(1);
-        w.ready().unwrap();
-        1
-    });
+    let (warm_load, fresh) = instantiation(&rt, &spec, &plugin, 10);
     println!("compile + cache (first load): {:>8.2} ms", cold.as_secs_f64() * 1e3);
     println!("load from precompiled cache:  {:>8.2} ms", warm_load.as_secs_f64() * 1e3);
     println!("fresh instance (configured):  {:>8.3} ms", fresh.as_secs_f64() * 1e3);
@@ -163,21 +181,10 @@ fn main() {
     }
 
     // The Python and JavaScript cleaners against the Rust component.
-    let pilot_secs: f64 = args
-        .iter()
-        .position(|a| a == "--pilot-secs")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("--pilot-secs takes a number"))
-        .unwrap_or(130.0);
-    let rust_size = std::fs::metadata(&path).unwrap().len();
-    let batches = [1usize, 64, 1024];
-    let rust_ns: Vec<f64> = batches
-        .iter()
-        .map(|&b| best_of(3, || data.chunks(b).map(|c| w.clean(c).unwrap().len()).sum()).as_nanos() as f64 / records as f64)
-        .collect();
+    let pilot_secs: f64 = arg(&args, "--pilot-secs").unwrap_or(130.0);
     let rust_out = w.clean(&data[..256]).unwrap();
     println!();
-    println!("Python and JavaScript cleaners (ports of cleaner-basic) vs the Rust component, {records} records, best of 3");
+    println!("Python and JavaScript cleaners (ports of cleaner-basic) vs the Rust component (its figures from above), {records} records, best of 3");
     println!("{:<11} {:>9} {:>11} {:>11} {:>10} {:>18} {:>18} {:>18}", "plugin", "size MB", "first load", "cache load", "instance", "ns/rec b=1 (x)", "ns/rec b=64 (x)", "ns/rec b=1024 (x)");
     println!("{:<11} {:>9.2} {:>9.0}ms {:>9.2}ms {:>8.3}ms {:>18.0} {:>18.0} {:>18.0}", "rust", rust_size as f64 / 1e6, cold.as_secs_f64() * 1e3, warm_load.as_secs_f64() * 1e3, fresh.as_secs_f64() * 1e3, rust_ns[0], rust_ns[1], rust_ns[2]);
     for (name, folder) in [("cleaner-py", "python/cleaner-py"), ("cleaner-js", "js/cleaner-js")] {
@@ -194,19 +201,8 @@ fn main() {
         let ours: Vec<String> = gw.clean(&data[..256]).unwrap().iter().map(rename).collect();
         let theirs: Vec<String> = rust_out.iter().map(rename).collect();
         assert_eq!(ours, theirs, "{name} and cleaner-basic disagree");
-        let gwarm = best_of(5, || {
-            rt.load(&gspec).unwrap();
-            1
-        });
-        let gfresh = best_of(5, || {
-            let mut w = gplugin.worker(1);
-            w.ready().unwrap();
-            1
-        });
-        let ns: Vec<f64> = batches
-            .iter()
-            .map(|&b| best_of(3, || data.chunks(b).map(|c| gw.clean(c).unwrap().len()).sum()).as_nanos() as f64 / records as f64)
-            .collect();
+        let (gwarm, gfresh) = instantiation(&rt, &gspec, &gplugin, 5);
+        let ns = per_record(&mut gw, &data, &batches, 3);
         let cell = |i: usize| format!("{:.0} ({:.0}x)", ns[i], ns[i] / rust_ns[i]);
         println!(
             "{name:<11} {:>9.2} {:>9.0}ms {:>9.2}ms {:>8.3}ms {:>18} {:>18} {:>18}",

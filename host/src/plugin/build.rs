@@ -94,8 +94,7 @@ pub fn build_workspace(dir: &Path, dist: &Path) -> Result<Vec<Built>, BuildError
         let hint = if stderr.contains("target may not be installed") || stderr.contains("can't find crate for `std`") {
             format!("; the {WASM_TARGET} target is missing: run `rustup target add {WASM_TARGET}`")
         } else {
-            let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
-            format!("\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            format!("\n{}", last_lines(&stderr, 30))
         };
         return Err(BuildError::Failed { dir: dir.to_path_buf(), status: output.status.to_string(), hint });
     }
@@ -115,15 +114,28 @@ pub fn build_workspace(dir: &Path, dist: &Path) -> Result<Vec<Built>, BuildError
     if artifacts.is_empty() {
         return Err(BuildError::NoArtifacts(dir.to_path_buf()));
     }
-    let dist_dir = crate::sandbox::RunDir::create(dist)?;
     let mut built = Vec::new();
     for (name, src) in artifacts {
         let bytes = crate::sandbox::read_file(&src)?;
-        let file = format!("{name}.wasm");
-        if dist_dir.read_optional(&file)?.as_deref() != Some(&bytes[..]) {
-            dist_dir.write_atomic(&file, &bytes)?;
-        }
-        built.push(Built { name, path: dist.join(file) });
+        let path = put_in_dist(dist, &name, &bytes)?;
+        built.push(Built { name, path });
     }
     Ok(built)
+}
+
+/// Put a component's bytes into `dist` as `<name>.wasm` (atomically; an identical file is left
+/// as it is, so that its time stamp says when it last changed). Returns its path.
+pub(crate) fn put_in_dist(dist: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, crate::sandbox::FsError> {
+    let dist_dir = crate::sandbox::RunDir::create(dist)?;
+    let file = format!("{name}.wasm");
+    if dist_dir.read_optional(&file)?.as_deref() != Some(bytes) {
+        dist_dir.write_atomic(&file, bytes)?;
+    }
+    Ok(dist.join(file))
+}
+
+/// The last `n` non-blank lines of a tool's output, for an error message.
+pub(crate) fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -9,9 +9,9 @@ use std::process::{Command, Output, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use super::build::{build_workspace, BuildError};
+use super::build::{build_workspace, last_lines, put_in_dist, BuildError};
 use super::world::World;
-use crate::sandbox::{FsError, RunDir};
+use crate::sandbox::FsError;
 
 /// The manifest file of a plugin folder.
 pub const MANIFEST: &str = "kiln-plugin.toml";
@@ -198,9 +198,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
 
 /// The last `n` lines of a process's stderr and stdout.
 fn tail(out: &Output, n: usize) -> String {
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    last_lines(&format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout)), n)
 }
 
 /// A component toolchain kiln installs on first use.
@@ -359,7 +357,6 @@ pub fn build_plugin(dir: &Path, dist: &Path) -> Result<BuiltPlugin, SourceError>
     };
     let wit = std::path::absolute(&wit).map_err(io(&wit))?;
     let out = scratch.path().join(format!("{}.wasm", manifest.name));
-    let file = format!("{}.wasm", manifest.name);
     let bytes = match manifest.lang {
         Lang::Rust => {
             let built = build_workspace(dir, scratch.path())?;
@@ -390,6 +387,9 @@ pub fn build_plugin(dir: &Path, dist: &Path) -> Result<BuiltPlugin, SourceError>
             // componentize-py imports the plugin with the build machine's Python, which leaves
             // bytecode caches beside the sources: remove those the build made.
             let caches = |d: &Path| -> Vec<PathBuf> {
+                if manifest.lang != Lang::Python {
+                    return Vec::new();
+                }
                 walk_dirs(d).into_iter().filter(|p| p.file_name().is_some_and(|n| n == "__pycache__")).collect()
             };
             let before = caches(dir);
@@ -417,11 +417,8 @@ pub fn build_plugin(dir: &Path, dist: &Path) -> Result<BuiltPlugin, SourceError>
             crate::sandbox::read_file(&out)?
         }
     };
-    let dist_dir = RunDir::create(dist)?;
-    if dist_dir.read_optional(&file)?.as_deref() != Some(&bytes[..]) {
-        dist_dir.write_atomic(&file, &bytes)?;
-    }
-    Ok(BuiltPlugin { path: dist.join(file), manifest })
+    let path = put_in_dist(dist, &manifest.name, &bytes)?;
+    Ok(BuiltPlugin { path, manifest })
 }
 
 /// Every folder under `dir` (itself included), skipping what cannot be read.

@@ -257,7 +257,6 @@ impl<'p> Worker<'p> {
         .into()
     }
 
-    /// Send what the plugin printed since the last call to kiln's log, under its name.
     /// Keep the instance for the next call, unless it has used half of its log budget: the
     /// captured streams only grow, so a plugin that logs on every call gets a fresh instance
     /// (configured again) before its writes would start to fail; the cap holds per call.
@@ -268,6 +267,7 @@ impl<'p> Worker<'p> {
         }
     }
 
+    /// Send what the plugin printed since the last call to kiln's log, under its name.
     fn forward_logs(&self, live: &mut Live) {
         let name = &self.plugin.name;
         let out = live.store.data().stdout.contents();
