@@ -157,18 +157,27 @@ fn main() {
     let mut w = plugin.worker(0);
     assert_eq!(w.clean(&data[..256]).unwrap(), native_clean(&cfg, &reference, &data[..256]), "plugin and native disagree");
 
+    let nreps: usize = arg(&args, "--reps").unwrap_or(15);
     let rust_size = std::fs::metadata(&path).unwrap().len();
-    println!("kiln plugin cost: cleaner-basic ({rust_size} bytes), {records} records, best of 5");
+    println!("kiln plugin cost: cleaner-basic ({rust_size} bytes), {records} records, best of {nreps}, the two sides alternating");
     println!("{:>6}  {:>14}  {:>14}  {:>7}", "batch", "plugin ns/rec", "native ns/rec", "ratio");
-    let batches = [1usize, 64, 1024];
-    let reps = |side: &str| if only.as_deref().is_none_or(|o| o == side) { 5 } else { 1 };
+    let only_batch: Option<usize> = arg(&args, "--batch");
+    let batches: Vec<usize> = [1usize, 64, 1024].into_iter().filter(|b| only_batch.is_none_or(|o| o == *b)).collect();
     let mut rust_ns = Vec::new();
-    for batch in batches {
-        // Each side of a row is timed right after the other, so a busy machine skews both alike.
-        let p = per_record(&mut w, &data, &[batch], reps("plugin"))[0];
+    for &batch in &batches {
+        // The two sides alternate, one repetition each, and each keeps its best: a busy spell
+        // on the machine slows both alike instead of one side's whole series.
+        let (mut p, mut n) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..nreps {
+            if only.as_deref() != Some("native") {
+                p = p.min(per_record(&mut w, &data, &[batch], 1)[0]);
+            }
+            if only.as_deref() != Some("plugin") {
+                let t = best_of(1, || data.chunks(batch).map(|c| native_clean(&cfg, &reference, c).len()).sum());
+                n = n.min(t.as_nanos() as f64 / records as f64);
+            }
+        }
         rust_ns.push(p);
-        let native_t = best_of(reps("native"), || data.chunks(batch).map(|c| native_clean(&cfg, &reference, c).len()).sum());
-        let n = native_t.as_nanos() as f64 / records as f64;
         println!("{batch:>6}  {p:>14.0}  {n:>14.0}  {:>6.2}x", p / n);
     }
 

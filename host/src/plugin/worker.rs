@@ -1,13 +1,15 @@
 //! A worker: one plugin instance in its own store, called in batches. A trap discards the
 //! store; the next call gets a fresh one from the same pre-instantiated component.
 
+use wasmtime::component::{ComponentNamedList, Instance, Lift, Lower};
 use wasmtime::Store;
 
 use super::bindings::{cleaner, critic, qc, template, wit};
 use super::error::{CallError, FailureKind, PluginError};
+use super::lower::{sample_refs, SampleRef};
 use super::runtime::{HostState, Plugin};
 use super::types::*;
-use super::world::World;
+use super::world::{World, WIT_PACKAGE, WIT_VERSION};
 
 enum Bindings {
     Template(template::PromptTemplate),
@@ -18,6 +20,7 @@ enum Bindings {
 
 struct Live {
     store: Store<HostState>,
+    instance: Instance,
     bindings: Bindings,
     stdout_seen: usize,
     stderr_seen: usize,
@@ -74,6 +77,26 @@ fn top_frames(err: &wasmtime::Error) -> String {
 
 type Raw<T> = wasmtime::Result<Result<T, wit::PluginError>>;
 
+/// The ids of `items`, for error messages and quarantine (made only when a call fails).
+fn ids_of<I: RecordId>(items: &[I]) -> impl Fn() -> Vec<String> + '_ {
+    || items.iter().map(|r| r.record_id().to_string()).collect()
+}
+
+/// Call the function `func` of `world`'s interface with samples lowered by reference
+/// ([`SampleRef`]) rather than through the generated bindings, which would clone every sample.
+fn call_with_samples<P, R>(live: &mut Live, world: World, func: &str, params: P) -> Raw<R>
+where
+    P: ComponentNamedList + Lower,
+    (Result<R, wit::PluginError>,): ComponentNamedList + Lift,
+{
+    let iface = format!("{WIT_PACKAGE}/{}@{WIT_VERSION}", world.interface());
+    let missing = || wasmtime::format_err!("the component does not export `{iface}#{func}`");
+    let outer = live.instance.get_export_index(&mut live.store, None, &iface).ok_or_else(missing)?;
+    let index = live.instance.get_export_index(&mut live.store, Some(&outer), func).ok_or_else(missing)?;
+    let f = live.instance.get_typed_func::<P, (Result<R, wit::PluginError>,)>(&mut live.store, &index)?;
+    Ok(f.call(&mut live.store, params)?.0)
+}
+
 impl<'p> Worker<'p> {
     pub(crate) fn new(plugin: &'p Plugin, seed: u64) -> Self {
         Worker { plugin, seed, live: None, instantiations: 0 }
@@ -100,19 +123,14 @@ impl<'p> Worker<'p> {
             sha256: p.sha256.clone(),
             detail: format!("{e:#}"),
         };
+        let instance = p.pre.instantiate(&mut store).map_err(load)?;
         let bindings = match p.world {
-            World::PromptTemplate => Bindings::Template(
-                template::PromptTemplatePre::new(p.pre.clone()).and_then(|b| b.instantiate(&mut store)).map_err(load)?,
-            ),
-            World::Cleaner => {
-                Bindings::Cleaner(cleaner::CleanerPre::new(p.pre.clone()).and_then(|b| b.instantiate(&mut store)).map_err(load)?)
-            }
-            World::QcRule => Bindings::Qc(qc::QcRulePre::new(p.pre.clone()).and_then(|b| b.instantiate(&mut store)).map_err(load)?),
-            World::Critic => {
-                Bindings::Critic(critic::CriticPre::new(p.pre.clone()).and_then(|b| b.instantiate(&mut store)).map_err(load)?)
-            }
+            World::PromptTemplate => Bindings::Template(template::PromptTemplate::new(&mut store, &instance).map_err(load)?),
+            World::Cleaner => Bindings::Cleaner(cleaner::Cleaner::new(&mut store, &instance).map_err(load)?),
+            World::QcRule => Bindings::Qc(qc::QcRule::new(&mut store, &instance).map_err(load)?),
+            World::Critic => Bindings::Critic(critic::Critic::new(&mut store, &instance).map_err(load)?),
         };
-        Ok(Live { store, bindings, stdout_seen: 0, stderr_seen: 0 })
+        Ok(Live { store, instance, bindings, stdout_seen: 0, stderr_seen: 0 })
     }
 
     /// The plugin's name, version and WIT version (instantiates without configuring).
@@ -207,17 +225,17 @@ impl<'p> Worker<'p> {
     fn call<T: WireSize, R>(
         &mut self,
         name: &str,
-        ids: Vec<String>,
-        f: impl FnOnce(&Bindings, &mut Store<HostState>) -> Raw<R>,
+        ids: &dyn Fn() -> Vec<String>,
+        f: impl FnOnce(&mut Live) -> Raw<R>,
         convert: impl FnOnce(R) -> T,
     ) -> Result<T, PluginError> {
         self.ready()?;
         let mut live = self.live.take().expect("ready() made one");
         live.store.set_fuel(self.plugin.spec.limits.fuel).expect("fuel is enabled in the engine");
-        let raw = f(&live.bindings, &mut live.store);
+        let raw = f(&mut live);
         self.forward_logs(&mut live);
         let out = match raw {
-            Err(trap) => return Err(self.failure(name, &ids, &mut live, trap).into()),
+            Err(trap) => return Err(self.failure(name, &ids(), &mut live, trap).into()),
             Ok(Err(e)) => {
                 self.keep(live);
                 let mut detail = format!("[{}] {}", e.code, e.message);
@@ -228,7 +246,7 @@ impl<'p> Worker<'p> {
                     plugin: self.plugin.name.clone(),
                     sha256: self.plugin.sha256.clone(),
                     call: name.to_string(),
-                    record_ids: ids,
+                    record_ids: ids(),
                     kind: FailureKind::PluginError,
                     detail,
                 }
@@ -240,7 +258,7 @@ impl<'p> Worker<'p> {
         let size = out.wire_size();
         let cap = self.plugin.spec.limits.max_output_bytes;
         if size > cap {
-            return Err(self.contract(name, ids, FailureKind::OutputTooLarge, format!("about {size} bytes, over the cap of {cap} bytes")));
+            return Err(self.contract(name, ids(), FailureKind::OutputTooLarge, format!("about {size} bytes, over the cap of {cap} bytes")));
         }
         Ok(out)
     }
@@ -297,70 +315,70 @@ impl<'p> Worker<'p> {
         })
     }
 
-    fn check_count(&self, call: &str, ids: &[String], got: usize) -> Result<(), PluginError> {
-        if got == ids.len() {
+    fn check_count<I: RecordId>(&self, call: &str, items: &[I], got: usize) -> Result<(), PluginError> {
+        if got == items.len() {
             return Ok(());
         }
-        Err(self.contract(call, ids.to_vec(), FailureKind::Contract, format!("returned {got} results for {} inputs", ids.len())))
+        Err(self.contract(call, ids_of(items)(), FailureKind::Contract, format!("returned {got} results for {} inputs", items.len())))
     }
 
-    /// A call that returns one result per input record: world check, conversion to WIT
-    /// records, the call itself, conversion back, and the count check. Returns the record ids
-    /// too, for further checks by the caller.
+    /// A template call that returns one result per input record: world check, conversion to
+    /// WIT records, the call itself, conversion back, and the count check.
     fn per_record_call<I, W, R, O>(
         &mut self,
-        world: World,
         call: &'static str,
         items: &[I],
-        f: impl FnOnce(&Bindings, &mut Store<HostState>, &[W]) -> Raw<Vec<R>>,
-    ) -> Result<(Vec<String>, Vec<O>), PluginError>
+        f: impl FnOnce(&template::PromptTemplate, &mut Store<HostState>, &[W]) -> Raw<Vec<R>>,
+    ) -> Result<Vec<O>, PluginError>
     where
         I: RecordId,
         for<'a> &'a I: Into<W>,
         R: Into<O>,
         O: WireSize,
     {
-        self.expect_world(world, call)?;
-        let ids: Vec<String> = items.iter().map(|r| r.record_id().to_string()).collect();
+        self.expect_world(World::PromptTemplate, call)?;
         let wit_items: Vec<W> = items.iter().map(Into::into).collect();
-        let out: Vec<O> = self.call(call, ids.clone(), |b, s| f(b, s, &wit_items), |v| v.into_iter().map(Into::into).collect())?;
-        self.check_count(call, &ids, out.len())?;
-        Ok((ids, out))
+        let out: Vec<O> = self.call(
+            call,
+            &ids_of(items),
+            |live| match &live.bindings {
+                Bindings::Template(t) => f(t, &mut live.store, &wit_items),
+                _ => unreachable!("world checked"),
+            },
+            |v| v.into_iter().map(Into::into).collect(),
+        )?;
+        self.check_count(call, items, out.len())?;
+        Ok(out)
     }
 
     /// `prompt-template.instruction-prompts`.
     pub fn instruction_prompts(&mut self, reqs: &[InstructionRequest]) -> Result<Vec<Prompt>, PluginError> {
-        let (_, out) = self.per_record_call(World::PromptTemplate, "instruction-prompts", reqs, |b, s, w| match b {
-            Bindings::Template(t) => t.kiln_stages_templating().call_instruction_prompts(s, w),
-            _ => unreachable!("world checked"),
-        })?;
-        Ok(out)
+        self.per_record_call("instruction-prompts", reqs, |t, s, w| t.kiln_stages_templating().call_instruction_prompts(s, w))
     }
 
     /// `prompt-template.response-prompts`.
     pub fn response_prompts(&mut self, reqs: &[ResponseRequest]) -> Result<Vec<Prompt>, PluginError> {
-        let (_, out) = self.per_record_call(World::PromptTemplate, "response-prompts", reqs, |b, s, w| match b {
-            Bindings::Template(t) => t.kiln_stages_templating().call_response_prompts(s, w),
-            _ => unreachable!("world checked"),
-        })?;
-        Ok(out)
+        self.per_record_call("response-prompts", reqs, |t, s, w| t.kiln_stages_templating().call_response_prompts(s, w))
     }
 
     /// `prompt-template.parse-instructions`.
     pub fn parse_instructions(&mut self, completions: &[InstructionCompletion]) -> Result<Vec<Parsed>, PluginError> {
-        let (_, out) = self.per_record_call(World::PromptTemplate, "parse-instructions", completions, |b, s, w| match b {
-            Bindings::Template(t) => t.kiln_stages_templating().call_parse_instructions(s, w),
-            _ => unreachable!("world checked"),
-        })?;
-        Ok(out)
+        self.per_record_call("parse-instructions", completions, |t, s, w| t.kiln_stages_templating().call_parse_instructions(s, w))
     }
 
     /// `cleaner.clean`: the plugin's edits applied to copies of `samples`.
     pub fn clean(&mut self, samples: &[Sample]) -> Result<Vec<CleanOutcome>, PluginError> {
-        let (_, out): (_, Vec<CleanReply>) = self.per_record_call(World::Cleaner, "clean", samples, |b, s, w| match b {
-            Bindings::Cleaner(c) => c.kiln_stages_cleaning().call_clean(s, w),
-            _ => unreachable!("world checked"),
-        })?;
+        use super::bindings::cleaner::exports::kiln::stages::cleaning::Outcome;
+        const CALL: &str = "clean";
+        self.expect_world(World::Cleaner, CALL)?;
+        let refs = sample_refs(samples);
+        let out: Vec<CleanReply> = self.call(
+            CALL,
+            &ids_of(samples),
+            |live| call_with_samples::<(&[SampleRef],), Vec<Outcome>>(live, World::Cleaner, CALL, (&refs,)),
+            |v| v.into_iter().map(Into::into).collect(),
+        )?;
+        self.check_count(CALL, samples, out.len())?;
         Ok(out.into_iter().zip(samples).map(|(o, s)| o.apply(s)).collect())
     }
 
@@ -368,59 +386,58 @@ impl<'p> Worker<'p> {
     pub fn evaluate(&mut self, samples: &[Sample]) -> Result<QcReport, PluginError> {
         const CALL: &str = "evaluate";
         self.expect_world(World::QcRule, CALL)?;
-        let ids: Vec<String> = samples.iter().map(|s| s.id.clone()).collect();
-        let wit_s: Vec<wit::Sample> = samples.iter().map(Into::into).collect();
+        let refs = sample_refs(samples);
         self.call(
             CALL,
-            ids,
-            |b, s| match b {
-                Bindings::Qc(q) => q.kiln_stages_checking().call_evaluate(s, &wit_s),
-                _ => unreachable!("world checked"),
-            },
+            &ids_of(samples),
+            |live| call_with_samples::<(&[SampleRef],), qc::exports::kiln::stages::checking::Report>(live, World::QcRule, CALL, (&refs,)),
             Into::into,
         )
     }
 
     /// `critic.requests`.
     pub fn score_requests(&mut self, samples: &[Sample]) -> Result<Vec<ScoreRequest>, PluginError> {
+        use super::bindings::critic::exports::kiln::stages::judging::ScoreRequest as WitRequest;
         const CALL: &str = "requests";
         self.expect_world(World::Critic, CALL)?;
-        let ids: Vec<String> = samples.iter().map(|s| s.id.clone()).collect();
-        let wit_s: Vec<wit::Sample> = samples.iter().map(Into::into).collect();
+        let refs = sample_refs(samples);
         let out: Vec<ScoreRequest> = self.call(
             CALL,
-            ids.clone(),
-            |b, s| match b {
-                Bindings::Critic(c) => c.kiln_stages_judging().call_requests(s, &wit_s),
-                _ => unreachable!("world checked"),
-            },
+            &ids_of(samples),
+            |live| call_with_samples::<(&[SampleRef],), Vec<WitRequest>>(live, World::Critic, CALL, (&refs,)),
             |v| v.into_iter().map(Into::into).collect(),
         )?;
-        if let Some(r) = out.iter().find(|r| !ids.contains(&r.sample_id)) {
-            return Err(self.contract(CALL, ids, FailureKind::Contract, format!("requested a score for unknown sample {}", r.sample_id)));
-        }
+        self.check_known(CALL, samples, out.iter().map(|r| r.sample_id.as_str()), "requested a score for")?;
         Ok(out)
     }
 
     /// `critic.decide`.
     pub fn decide(&mut self, samples: &[Sample], scores: &[Score]) -> Result<Vec<Judged>, PluginError> {
+        use super::bindings::critic::exports::kiln::stages::judging::{Judged as WitJudged, Score as WitScore};
         const CALL: &str = "decide";
         self.expect_world(World::Critic, CALL)?;
-        let ids: Vec<String> = samples.iter().map(|s| s.id.clone()).collect();
-        let wit_s: Vec<wit::Sample> = samples.iter().map(Into::into).collect();
-        let wit_scores: Vec<_> = scores.iter().map(Into::into).collect();
+        let refs = sample_refs(samples);
+        let wit_scores: Vec<WitScore> = scores.iter().map(Into::into).collect();
         let out: Vec<Judged> = self.call(
             CALL,
-            ids.clone(),
-            |b, s| match b {
-                Bindings::Critic(c) => c.kiln_stages_judging().call_decide(s, &wit_s, &wit_scores),
-                _ => unreachable!("world checked"),
+            &ids_of(samples),
+            |live| {
+                call_with_samples::<(&[SampleRef], &[WitScore]), Vec<WitJudged>>(live, World::Critic, CALL, (&refs, &wit_scores))
             },
             |v| v.into_iter().map(Into::into).collect(),
         )?;
-        if let Some(j) = out.iter().find(|j| !ids.contains(&j.sample_id)) {
-            return Err(self.contract(CALL, ids, FailureKind::Contract, format!("returned a verdict for unknown sample {}", j.sample_id)));
-        }
+        self.check_known(CALL, samples, out.iter().map(|j| j.sample_id.as_str()), "returned a verdict for")?;
         Ok(out)
+    }
+
+    /// A contract failure when a result names a sample that was not in the call.
+    fn check_known<'a>(&self, call: &str, samples: &[Sample], named: impl Iterator<Item = &'a str>, what: &str) -> Result<(), PluginError> {
+        let known: std::collections::HashSet<&str> = samples.iter().map(|s| s.id.as_str()).collect();
+        for id in named {
+            if !known.contains(id) {
+                return Err(self.contract(call, ids_of(samples)(), FailureKind::Contract, format!("{what} unknown sample {id}")));
+            }
+        }
+        Ok(())
     }
 }

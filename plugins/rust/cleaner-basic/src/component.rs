@@ -2,6 +2,10 @@
 
 use std::sync::Mutex;
 
+#[cfg(not(target_feature = "atomics"))]
+#[global_allocator]
+static TALC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 wit_bindgen::generate!({ path: "../../../wit", world: "cleaner" });
 
 use exports::kiln::stages::cleaning::{Drop, Edit, Guest, Outcome};
