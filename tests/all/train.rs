@@ -285,3 +285,146 @@ fn attached_adapters_give_the_engine_the_training_log_probs() {
     assert!(diff(&trained, &after) < 1e-3, "engine with adapter vs training: {}", diff(&trained, &after));
     assert!(diff(&before, &after) > 1e-2, "the adapter changed nothing in the engine");
 }
+
+/// Every tensor of a GGUF, by name: (type, bytes).
+fn gguf_tensors(path: &Path) -> std::collections::BTreeMap<String, (GgmlDType, Vec<u8>)> {
+    let mut f = std::fs::File::open(path).unwrap();
+    let c = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    let names: Vec<String> = c.tensor_infos.keys().cloned().collect();
+    names
+        .into_iter()
+        .map(|n| {
+            let q = c.tensor(&mut f, &n, &Device::Cpu).unwrap();
+            (n, (q.dtype(), q.data().unwrap().to_vec()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_merged_adapter_gives_the_unmerged_log_probs() {
+    use kiln::train::merge::{merge_adapter, MergedType};
+    for t in [Tiny { dtype: GgmlDType::F32, embed_dtype: GgmlDType::F32, ..Tiny::gemma3() }, Tiny { dtype: GgmlDType::F32, embed_dtype: GgmlDType::F32, ..Tiny::llama() }, Tiny::llama()] {
+        let (d, path) = tiny_file(&t);
+        let m = BaseModel::load(&path).unwrap();
+        // Not every projection: the others must come through byte for byte.
+        let mut l = lora(4, 0.0);
+        l.target_modules = vec!["q_proj".into(), "k_proj".into(), "o_proj".into(), "down_proj".into()];
+        let a = perturbed(&m.cfg, &l, 5);
+        let dir = d.path().join("adapter");
+        a.save_peft(&m.cfg, &dir, "tiny").unwrap();
+
+        // The reference: the adapter applied unmerged to the same weights in f32. On a quantized
+        // base those are its dequantized weights, i.e. a merge of a zero adapter (PEFT's fresh
+        // one, B = 0) - the quantized engine itself also rounds its activations, which a float
+        // merge does not.
+        let weights = if t.dtype == GgmlDType::F32 {
+            path.clone()
+        } else {
+            let zero = d.path().join("zero");
+            Adapters::init(&m.cfg, &l, 1).unwrap().save_peft(&m.cfg, &zero, "tiny").unwrap();
+            let p = d.path().join("dequantized.gguf");
+            merge_adapter(&path, &zero, &p, MergedType::F32).unwrap();
+            p
+        };
+        let mut unmerged = Engine::load(&weights, &LoadOptions::default()).unwrap();
+        let base = Engine::load(&weights, &LoadOptions::default()).unwrap();
+        Adapters::load_peft(&unmerged.model.cfg, &dir).unwrap().attach(&mut unmerged.model).unwrap();
+        let ids = unmerged.prompt_ids("instruction: name three rivers.\nresponse: the").unwrap();
+        let want = engine_log_probs(&unmerged, &ids);
+        let base = engine_log_probs(&base, &ids);
+        let diff = |x: &[Vec<f32>], y: &[Vec<f32>]| x.iter().flatten().zip(y.iter().flatten()).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+
+        for (dtype, tol) in [(MergedType::F32, 1e-4f32), (MergedType::F16, 6e-2), (MergedType::Q8_0, 0.2)] {
+            let out = d.path().join(format!("merged-{dtype:?}.gguf"));
+            let r = merge_adapter(&path, &dir, &out, dtype).unwrap();
+            assert_eq!((r.merged, r.copied), (4 * m.cfg.layers, gguf_tensors(&path).len() - 4 * m.cfg.layers));
+            assert!(r.max_update > 0.0);
+            let merged = Engine::load(&out, &LoadOptions::default()).unwrap();
+            let got = engine_log_probs(&merged, &ids);
+            assert!(diff(&got, &want) < tol, "{} {dtype:?}: merged vs unmerged {}", t.arch, diff(&got, &want));
+            eprintln!("{} {dtype:?}: merged vs unmerged {:.2e}, adapter's effect {:.2e}", t.arch, diff(&got, &want), diff(&want, &base));
+            assert!(diff(&want, &base) > 5.0 * diff(&got, &want), "{} {dtype:?}: the merge is no closer to the adapter than the base is", t.arch);
+            // Untargeted tensors are copied unchanged; targeted ones change type; provenance.
+            let (before, after) = (gguf_tensors(&path), gguf_tensors(&out));
+            assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
+            for (name, (ty, bytes)) in &before {
+                let targeted = ["attn_q", "attn_k", "attn_output", "ffn_down"].iter().any(|p| name.ends_with(&format!(".{p}.weight")));
+                if targeted {
+                    assert_eq!(after[name].0, match dtype { MergedType::F32 => GgmlDType::F32, MergedType::F16 => GgmlDType::F16, MergedType::Q8_0 => GgmlDType::Q8_0 }, "{name}");
+                } else {
+                    assert_eq!(&after[name], &(*ty, bytes.clone()), "{name} changed");
+                }
+            }
+            let mut f = std::fs::File::open(&out).unwrap();
+            let md = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap().metadata;
+            assert_eq!(md["kiln.adapter.sha256"].to_string().unwrap(), &r.adapter_sha256);
+            assert_eq!(md["kiln.adapter.r"].to_u32().unwrap(), 4);
+        }
+    }
+}
+
+#[test]
+fn merge_refuses_bad_inputs_and_leaves_no_file() {
+    use kiln::train::merge::{merge_adapter, MergedType};
+    let (d, path) = tiny_file(&Tiny::gemma3());
+    let m = BaseModel::load(&path).unwrap();
+    let dir = d.path().join("adapter");
+    perturbed(&m.cfg, &lora(2, 0.0), 3).save_peft(&m.cfg, &dir, "tiny").unwrap();
+    let out = d.path().join("merged.gguf");
+    // The base would be overwritten.
+    let err = merge_adapter(&path, &dir, &path, MergedType::F16).unwrap_err().to_string();
+    assert!(err.contains("overwrite"), "{err}");
+    // An adapter made for a deeper model.
+    let (d2, other) = tiny_file(&Tiny { layers: m.cfg.layers + 2, ..Tiny::gemma3() });
+    let m2 = BaseModel::load(&other).unwrap();
+    let dir2 = d2.path().join("adapter");
+    perturbed(&m2.cfg, &lora(2, 0.0), 3).save_peft(&m2.cfg, &dir2, "tiny").unwrap();
+    let err = merge_adapter(&path, &dir2, &out, MergedType::F16).unwrap_err().to_string();
+    assert!(err.contains("adapter_model.safetensors") && err.contains("LoRA tensors"), "{err}");
+    // Not a GGUF; no adapter.
+    let err = merge_adapter(&dir.join("adapter_config.json"), &dir, &out, MergedType::F16).unwrap_err().to_string();
+    assert!(err.contains("adapter_config.json") && err.contains("GGUF"), "{err}");
+    let err = merge_adapter(&path, d.path(), &out, MergedType::F16).unwrap_err().to_string();
+    assert!(err.contains("adapter_config.json"), "{err}");
+    assert!(!out.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(d.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains("tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn cli_merge_and_unmerged_adapter_score_alike() {
+    let exact = Tiny { dtype: GgmlDType::F32, embed_dtype: GgmlDType::F32, ..Tiny::gemma3() };
+    let (d, path) = tiny_file(&exact);
+    let m = BaseModel::load(&path).unwrap();
+    // A training run's folder holds the adapter in `adapter/`: the commands take either.
+    let run = d.path().join("run");
+    perturbed(&m.cfg, &lora(4, 0.0), 9).save_peft(&m.cfg, &run.join("adapter"), "tiny").unwrap();
+    let merged = d.path().join("merged.gguf");
+    let o = crate::common::kiln().args(["adapter", "merge", "--json", "--dtype", "f32", "--model"]).arg(&path).arg("--adapter").arg(&run).arg("--out").arg(&merged).output().unwrap();
+    assert!(o.status.success(), "{}", crate::common::text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["merged"], 7 * m.cfg.layers);
+    assert_eq!(report["out_sha256"], kiln::provenance::sha256_file(&merged).unwrap());
+    let input = d.path().join("score.jsonl");
+    std::fs::write(&input, "{\"id\": \"a\", \"prompt\": \"instruction: name a river.\\nresponse:\", \"candidates\": [\" the\", \" a river\"]}\n").unwrap();
+    let score = |model: &Path, adapter: Option<&Path>| -> Vec<f64> {
+        let mut c = crate::common::kiln();
+        c.args(["model", "score", "--input"]).arg(&input).arg("--model").arg(model);
+        if let Some(a) = adapter {
+            c.arg("--adapter").arg(a);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", crate::common::text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let (unmerged, via_merge, base) = (score(&path, Some(&run)), score(&merged, None), score(&path, None));
+    for k in 0..2 {
+        assert!((unmerged[k] - via_merge[k]).abs() < 1e-4, "{unmerged:?} vs {via_merge:?}");
+    }
+    assert!((unmerged[0] - base[0]).abs() > 1e-3, "the adapter changed nothing: {unmerged:?} vs {base:?}");
+    // A wrong adapter folder is named.
+    let o = crate::common::kiln().args(["adapter", "merge", "--model"]).arg(&path).arg("--adapter").arg(d.path().join("nope")).arg("--out").arg(d.path().join("x.gguf")).output().unwrap();
+    assert!(!o.status.success());
+    assert!(crate::common::text(&o).contains("nope"), "{}", crate::common::text(&o));
+}

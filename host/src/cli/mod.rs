@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::stages::progress::Progress;
 
+pub mod adapter;
 pub mod compare;
 pub mod eval;
 pub mod train;
@@ -51,6 +52,9 @@ pub enum Command {
     Eval(eval::EvalCommand),
     /// QLoRA training on a gated dataset: a PEFT-format adapter, resumable.
     Train(train::TrainCommand),
+    /// Work with trained adapters: merge one into its base model.
+    #[command(subcommand)]
+    Adapter(adapter::AdapterCommand),
     /// A review packet at a gate (and an external reviewer), or the decision on a run.
     Review(review::ReviewCommand),
     /// Every run under the artifacts folder: stage, status, times, gate, lineage, cost.
@@ -78,6 +82,7 @@ impl Cli {
             Command::Testset(c) => c.execute(),
             Command::Eval(c) => c.execute(),
             Command::Train(c) => c.execute(),
+            Command::Adapter(c) => c.execute(),
             Command::Review(c) => c.execute(),
             Command::Runs(c) => c.execute(),
             Command::Model(c) => c.execute(),

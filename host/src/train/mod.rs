@@ -6,6 +6,7 @@ pub mod data;
 pub mod error;
 pub mod frozen;
 pub mod lora;
+pub mod merge;
 pub mod model;
 pub mod optim;
 pub mod rng;

@@ -16,7 +16,7 @@ use super::lora::{Adapters, MODULES};
 use super::rng::SplitMix;
 
 /// GGUF names of the projections, in [`MODULES`] order.
-const GGUF_NAMES: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+pub(crate) const GGUF_NAMES: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
 
 struct Block {
     attn_norm: Tensor,

@@ -21,6 +21,10 @@ pub struct ModelArgs {
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// A PEFT adapter applied unmerged (a folder with adapter_config.json and
+    /// adapter_model.safetensors, or a training run).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -33,7 +37,12 @@ impl ModelArgs {
                 crate::model::fetch::ensure(&m, &crate::model::fetch::models_dir(None))?
             }
         };
-        Ok(Engine::load(&path, &LoadOptions { allow_chat_template: self.allow_chat_template })?)
+        let mut engine = Engine::load(&path, &LoadOptions { allow_chat_template: self.allow_chat_template })?;
+        if let Some(dir) = &self.adapter {
+            let dir = crate::cli::adapter::adapter_folder(dir);
+            crate::train::Adapters::load_peft(&engine.model.cfg, &dir)?.attach(&mut engine.model)?;
+        }
+        Ok(engine)
     }
 }
 
