@@ -1,9 +1,10 @@
 //! QLoRA training speed and memory against PyTorch + peft on the same GGUF and the same
 //! threads, in one run, as ratios: one training step (forward, backward, gradient clipping,
 //! AdamW) on a batch of 8 sequences of 256 tokens, r = 16 on all seven projections, loss on
-//! the tokens after a 32-token prompt. kiln keeps the base quantized; peft trains on the f32
-//! weights transformers dequantizes from the GGUF (LoRA, not QLoRA: bitsandbytes' 4-bit
-//! layers need a GPU).
+//! the tokens after a 32-token prompt. kiln keeps the base quantized and takes its trainer's
+//! own step (activation checkpointing per block); peft trains on the f32 weights transformers
+//! dequantizes from the GGUF (LoRA, not QLoRA: bitsandbytes' 4-bit layers need a GPU), once as
+//! it comes and once with gradient checkpointing, each as a column with its ratio.
 //!
 //! Run: `cargo bench --bench train -- [--model FILE] [--threads 2] [--steps 3] [--warmup 1]
 //! [--peer PYTHON]`. The peer is `benches/train_peft.py`, run with the Python of
@@ -98,14 +99,12 @@ fn kiln_steps(m: &BaseModel, t0: Instant, ids: &[Vec<u32>], warmup: usize, steps
     for step in 0..warmup + steps {
         let t = Instant::now();
         let dropout = Some(Dropout { p: DROPOUT, seed: SplitMix::at(3, &[step as u64]).next_u64() });
-        let (nll, _) = m.nll(&batch, Some(&adapters), dropout).unwrap();
-        let scaled = (nll / targets as f64).unwrap();
-        let store = scaled.backward().unwrap();
-        let mut grads: Vec<Vec<f32>> = vars.iter().map(|v| store.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
+        // The trainer's own step: activation checkpointing per block.
+        let (nll, _, mut grads) = m.nll_backward(&batch, &adapters, dropout, 1.0 / targets as f64).unwrap();
         clip_global_norm(&mut grads, MAX_GRAD_NORM);
         opt.step(&vars, &grads, LR).unwrap();
         step_s.push(t.elapsed().as_secs_f64());
-        loss.push(scaled.to_scalar::<f32>().unwrap() as f64);
+        loss.push(nll / targets as f64);
     }
     let measured: f64 = step_s[warmup..].iter().sum();
     Figures {
@@ -119,7 +118,7 @@ fn kiln_steps(m: &BaseModel, t0: Instant, ids: &[Vec<u32>], warmup: usize, steps
     }
 }
 
-fn peer_steps(python: &Path, path: &Path, ids: &[Vec<u32>], threads: &str, warmup: usize, steps: usize) -> Result<Peer, String> {
+fn peer_steps(python: &Path, path: &Path, ids: &[Vec<u32>], threads: &str, warmup: usize, steps: usize, checkpointing: bool) -> Result<Peer, String> {
     let mut child = Command::new(python)
         .arg(root().join("benches/train_peft.py"))
         .arg(path)
@@ -133,7 +132,7 @@ fn peer_steps(python: &Path, path: &Path, ids: &[Vec<u32>], threads: &str, warmu
         .map_err(|e| format!("{}: {e}", python.display()))?;
     let req = serde_json::json!({
         "ids": ids, "prompt_len": PROMPT, "r": R, "lora_alpha": ALPHA, "lora_dropout": DROPOUT,
-        "lr": LR, "max_grad_norm": MAX_GRAD_NORM, "warmup": warmup, "steps": steps,
+        "lr": LR, "max_grad_norm": MAX_GRAD_NORM, "warmup": warmup, "steps": steps, "checkpointing": checkpointing,
     });
     child.stdin.take().unwrap().write_all(req.to_string().as_bytes()).map_err(|e| e.to_string())?;
     let o = child.wait_with_output().map_err(|e| e.to_string())?;
@@ -191,40 +190,54 @@ fn main() {
     assert!(o.status.success(), "kiln's side failed: {}", o.status);
     let k: Figures = serde_json::from_slice(&o.stdout).unwrap();
     println!("kiln: load {:.1} s, trainable {}, step s [{}], loss [{}]", k.load_s, k.trainable_params, list(&k.step_s), list(&k.loss));
-    // The peer runs after kiln is done, so the two never share the cores.
-    let peer = if python.exists() {
-        match peer_steps(&python, &path, &ids, &threads, warmup, steps) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                eprintln!("peer: {e}");
-                None
+    // The peer runs after kiln is done, so the two never share the cores: first as it comes,
+    // then with activation checkpointing as kiln's trainer uses (less memory, more compute).
+    let mut peers: Vec<(&str, Option<Peer>)> = Vec::new();
+    for (label, ckpt) in [("peft", false), ("peft+ckpt", true)] {
+        let peer = if python.exists() {
+            match peer_steps(&python, &path, &ids, &threads, warmup, steps, ckpt) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("peer ({label}): {e}");
+                    None
+                }
+            }
+        } else {
+            eprintln!("no peer: {} does not exist (run scripts/setup-peft.sh or pass --peer PYTHON)", python.display());
+            None
+        };
+        if let Some(p) = &peer {
+            println!(
+                "{label}: load {:.1} s, trainable {}, step s [{}], loss [{}], torch {}, attention {}",
+                p.load_s,
+                p.trainable_params,
+                list(&p.step_s),
+                list(&p.loss),
+                p.torch,
+                p.attn_implementation.as_deref().unwrap_or("?")
+            );
+        }
+        peers.push((label, peer));
+    }
+    print!("{:<22} {:>10}", "row", "kiln");
+    for (label, _) in &peers {
+        print!(" {label:>10} {:>7}", "ratio");
+    }
+    println!();
+    let rows: [(&str, fn(&Figures) -> f64, fn(&Peer) -> f64); 3] = [
+        ("tokens/s", |f| f.tokens_per_s, |p| p.tokens_per_s),
+        ("peak MiB, training", |f| f.train_peak_mib, |p| p.train_peak_mib),
+        ("peak MiB, loading", |f| f.load_peak_mib, |p| p.load_peak_mib),
+    ];
+    for (name, ours, theirs) in rows {
+        let kv = ours(&k);
+        print!("{name:<22} {kv:>10.1}");
+        for (_, p) in &peers {
+            match p {
+                Some(p) => print!(" {:>10.1} {:>6.2}x", theirs(p), kv / theirs(p)),
+                None => print!(" {:>10} {:>7}", "-", "-"),
             }
         }
-    } else {
-        eprintln!("no peer: {} does not exist (run scripts/setup-peft.sh or pass --peer PYTHON)", python.display());
-        None
-    };
-    if let Some(p) = &peer {
-        println!(
-            "peft: load {:.1} s, trainable {}, step s [{}], loss [{}], torch {}, attention {}",
-            p.load_s,
-            p.trainable_params,
-            list(&p.step_s),
-            list(&p.loss),
-            p.torch,
-            p.attn_implementation.as_deref().unwrap_or("?")
-        );
-    }
-    println!("{:<22} {:>10} {:>10} {:>7}", "row", "kiln", "peft", "ratio");
-    let rows = [
-        ("tokens/s", k.tokens_per_s, peer.as_ref().map(|p| p.tokens_per_s)),
-        ("peak MiB, training", k.train_peak_mib, peer.as_ref().map(|p| p.train_peak_mib)),
-        ("peak MiB, loading", k.load_peak_mib, peer.as_ref().map(|p| p.load_peak_mib)),
-    ];
-    for (name, kv, pv) in rows {
-        match pv {
-            Some(p) => println!("{name:<22} {kv:>10.1} {p:>10.1} {:>6.2}x", kv / p),
-            None => println!("{name:<22} {kv:>10.1} {:>10} {:>7}", "-", "-"),
-        }
+        println!();
     }
 }

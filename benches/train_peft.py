@@ -58,6 +58,10 @@ def main():
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, config)
+    if req.get("checkpointing"):
+        # Activation checkpointing, as kiln's trainer does: recompute each layer in backward.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     model.train()
     load_s = time.perf_counter() - t0
     load_peak = peak_mib()
@@ -93,6 +97,7 @@ def main():
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "checkpointing": bool(req.get("checkpointing")),
         },
         sys.stdout,
     )

@@ -25,7 +25,8 @@ pub enum TemplateCall {
 
 /// Run a plugin on JSON lines and print its output as JSON lines (one per input record; a
 /// QC rule prints one report). Records that make the plugin fail are isolated, printed as
-/// `"outcome": "quarantined"` and written to the quarantine file.
+/// `"outcome": "quarantined"` and written to the quarantine file. Exit code: 0 done (for a QC
+/// rule: its report passed), 2 a QC rule's report failed, 1 error.
 #[derive(Debug, Args)]
 pub struct RunCommand {
     /// The world the plugin must implement.
@@ -147,6 +148,7 @@ impl RunCommand {
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
         let n_input;
+        let mut failed_report: Option<Vec<String>> = None;
         {
             let mut sup = Supervisor::new(&mut worker, &mut quarantine);
             n_input = match self.world {
@@ -194,6 +196,9 @@ impl RunCommand {
                     let samples: Vec<Sample> = read_jsonl(&self.input)?;
                     let report = sup.worker().evaluate(&samples)?;
                     writeln!(out, "{}", serde_json::to_string(&report)?)?;
+                    if !report.pass {
+                        failed_report = Some(report.reasons.clone());
+                    }
                     samples.len()
                 }
             };
@@ -206,6 +211,10 @@ impl RunCommand {
             plugin.name,
             &plugin.sha256[..12]
         );
+        if let Some(reasons) = failed_report {
+            eprintln!("kiln: the QC report FAILED: {}", if reasons.is_empty() { "(no reasons given)".to_string() } else { reasons.join("; ") });
+            return Ok(ExitCode::from(2));
+        }
         Ok(ExitCode::SUCCESS)
     }
 
