@@ -1,5 +1,5 @@
-//! kiln's quantized matrix multiply for the CPU: `x W^T` for a quantized W (Q8_0, Q4_1, Q4_K,
-//! Q6_K) and f32 rows x, with AVX2.
+//! kiln's quantized matrix multiply for the CPU: `x W^T` for a quantized W (Q8_0, Q5_0, Q4_1,
+//! Q4_K, Q6_K) and f32 rows x, with AVX2.
 //!
 //! candle's CPU path does one dot product per (weight row, input row) pair with a single
 //! accumulator chain, so prefill and batched decode are bound by that chain's latency and by
@@ -26,6 +26,10 @@ use candle_core::quantized::GgmlDType;
 pub enum Kind {
     /// 32 weights: f16 scale, 32 i8. Inputs as Q8_0.
     Q8_0,
+    /// 32 weights: f16 scale, 32 high bits, 32 nibbles (values -16..16). Inputs as Q8_0; the
+    /// integers are those of the same block widened to Q8_0, so the results are bitwise those
+    /// of the Q8_0 kernel on the widened tensor, from two thirds of the bytes.
+    Q5_0,
     /// 32 weights: f16 scale, f16 minimum, 32 nibbles. Inputs as Q8_1.
     Q4_1,
     /// 256 weights: f16 scale and minimum, eight 6-bit sub-scales and minima, 256 nibbles.
@@ -44,6 +48,7 @@ impl Kind {
         }
         match dtype {
             GgmlDType::Q8_0 => Some(Kind::Q8_0),
+            GgmlDType::Q5_0 => Some(Kind::Q5_0),
             GgmlDType::Q4_1 => Some(Kind::Q4_1),
             GgmlDType::Q4K => Some(Kind::Q4K),
             GgmlDType::Q6K => Some(Kind::Q6K),
@@ -54,7 +59,7 @@ impl Kind {
     /// Weights per block.
     fn block(self) -> usize {
         match self {
-            Kind::Q8_0 | Kind::Q4_1 => 32,
+            Kind::Q8_0 | Kind::Q5_0 | Kind::Q4_1 => 32,
             Kind::Q4K | Kind::Q6K => 256,
         }
     }
@@ -63,6 +68,7 @@ impl Kind {
     fn bytes(self) -> usize {
         match self {
             Kind::Q8_0 => 34,
+            Kind::Q5_0 => 22,
             Kind::Q4_1 => 20,
             Kind::Q4K => 144,
             Kind::Q6K => 210,
@@ -185,7 +191,7 @@ fn quantize_rows(kind: Kind, x: &[f32], k: usize, qs: &mut [i8], d: &mut [f32], 
         }
     };
     match kind {
-        Kind::Q8_0 => {
+        Kind::Q8_0 | Kind::Q5_0 => {
             let mut blocks = vec![BlockQ8_0::zeros(); nb];
             for (r, row) in x.chunks_exact(k).enumerate() {
                 BlockQ8_0::from_float(row, &mut blocks);
@@ -260,6 +266,7 @@ pub fn matmul(kind: Kind, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, out
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_tiles(kind: Kind, w: &[u8], row_bytes: usize, n: usize, acts: &Acts, m: usize, range: std::ops::Range<usize>, out: *mut f32) {
+    let ahead = 4 * row_bytes;
     for pass in (0..m).step_by(ROWS_PER_PASS) {
         let end = m.min(pass + ROWS_PER_PASS);
         for t in range.clone() {
@@ -270,12 +277,12 @@ unsafe fn run_tiles(kind: Kind, w: &[u8], row_bytes: usize, n: usize, acts: &Act
             let mut r = pass;
             while r + TILE_ROWS <= end {
                 let rows: [usize; TILE_ROWS] = std::array::from_fn(|c| r + c);
-                let res = tile(kind, wr, acts, rows);
+                let res = tile(kind, wr, ahead, acts, rows);
                 store(out, n, &rows, 4 * t, cols, &res);
                 r += TILE_ROWS;
             }
             while r < end {
-                let res = tile(kind, wr, acts, [r]);
+                let res = tile(kind, wr, ahead, acts, [r]);
                 store(out, n, &[r], 4 * t, cols, &res);
                 r += 1;
             }
@@ -286,12 +293,26 @@ unsafe fn run_tiles(kind: Kind, w: &[u8], row_bytes: usize, n: usize, acts: &Act
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn tile<const C: usize>(kind: Kind, wr: [*const u8; 4], acts: &Acts, rows: [usize; C]) -> [__m128; C] {
+unsafe fn tile<const C: usize>(kind: Kind, wr: [*const u8; 4], ahead: usize, acts: &Acts, rows: [usize; C]) -> [__m128; C] {
     match kind {
-        Kind::Q8_0 => tile_q8_0(wr, acts, rows),
-        Kind::Q4_1 => tile_q4_1(wr, acts, rows),
-        Kind::Q4K => tile_q4k(wr, acts, rows),
-        Kind::Q6K => tile_q6k(wr, acts, rows),
+        Kind::Q8_0 => tile_q8_0(wr, ahead, acts, rows),
+        Kind::Q5_0 => tile_q5_0(wr, ahead, acts, rows),
+        Kind::Q4_1 => tile_q4_1(wr, ahead, acts, rows),
+        Kind::Q4K => tile_q4k(wr, ahead, acts, rows),
+        Kind::Q6K => tile_q6k(wr, ahead, acts, rows),
+    }
+}
+
+/// Ask for the blocks `ahead` bytes past this tile's current ones (the same blocks of the next
+/// tile) to be brought into cache: a single input row is bound by how fast the weights arrive,
+/// and the hardware prefetcher alone leaves the four interleaved row streams waiting. A hint
+/// only: it changes no result, and an address past the weights is never read.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn prefetch4(blk: &[*const u8; 4], ahead: usize) {
+    for p in blk {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead) as *const i8);
     }
 }
 
@@ -339,12 +360,13 @@ unsafe fn scales4(p: [*const u8; 4]) -> __m128 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_q8_0<const C: usize>(wr: [*const u8; 4], a: &Acts, rows: [usize; C]) -> [__m128; C] {
+unsafe fn tile_q8_0<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, rows: [usize; C]) -> [__m128; C] {
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm_setzero_ps(); C];
     let (k, nb) = (a.k, a.nb);
     for b in 0..nb {
         let blk: [*const u8; 4] = std::array::from_fn(|i| wr[i].add(b * 34));
+        prefetch4(&blk, ahead);
         let wd = scales4(blk);
         let wq: [__m256i; 4] = std::array::from_fn(|i| _mm256_loadu_si256(blk[i].add(2) as *const __m256i));
         // i8 x i8 through the unsigned x signed multiply: |w| times y with w's sign.
@@ -361,15 +383,60 @@ unsafe fn tile_q8_0<const C: usize>(wr: [*const u8; 4], a: &Acts, rows: [usize; 
     acc
 }
 
+/// The 32 weights of a Q5_0 block as i8 (-16..16): nibble j (low nibbles of bytes 0..16, then
+/// their high nibbles) with bit j of the 32-bit `qh` as its fifth bit, less 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn q5_0_values(blk: *const u8) -> __m256i {
+    let qh = (blk.add(2) as *const u32).read_unaligned() as i32;
+    let raw = _mm_loadu_si128(blk.add(6) as *const __m128i);
+    let nibbles = _mm256_and_si256(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(raw), _mm_srli_epi16::<4>(raw)), _mm256_set1_epi8(0x0F));
+    // Lane j gets byte j / 8 of qh and keeps bit j % 8 of it: 0x10 where bit j is set.
+    let bytes = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(qh),
+        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(0x10));
+    _mm256_sub_epi8(_mm256_or_si256(nibbles, high), _mm256_set1_epi8(16))
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_q4_1<const C: usize>(wr: [*const u8; 4], a: &Acts, rows: [usize; C]) -> [__m128; C] {
+unsafe fn tile_q5_0<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, rows: [usize; C]) -> [__m128; C] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm_setzero_ps(); C];
+    let (k, nb) = (a.k, a.nb);
+    for b in 0..nb {
+        let blk: [*const u8; 4] = std::array::from_fn(|i| wr[i].add(b * 22));
+        prefetch4(&blk, ahead);
+        let wd = scales4(blk);
+        let wq: [__m256i; 4] = std::array::from_fn(|i| q5_0_values(blk[i]));
+        // From here on exactly the Q8_0 kernel's arithmetic.
+        let wabs: [__m256i; 4] = std::array::from_fn(|i| _mm256_sign_epi8(wq[i], wq[i]));
+        for c in 0..C {
+            let y = _mm256_loadu_si256(a.qs.as_ptr().add(rows[c] * k + b * 32) as *const __m256i);
+            let q: [__m256i; 4] =
+                std::array::from_fn(|i| _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[i], _mm256_sign_epi8(y, wq[i])), ones));
+            let s = _mm_cvtepi32_ps(reduce4(q));
+            let scale = _mm_mul_ps(wd, _mm_set1_ps(*a.d.get_unchecked(rows[c] * nb + b)));
+            acc[c] = _mm_fmadd_ps(s, scale, acc[c]);
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q4_1<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, rows: [usize; C]) -> [__m128; C] {
     let ones = _mm256_set1_epi16(1);
     let low = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm_setzero_ps(); C];
     let (k, nb) = (a.k, a.nb);
     for b in 0..nb {
         let blk: [*const u8; 4] = std::array::from_fn(|i| wr[i].add(b * 20));
+        prefetch4(&blk, ahead);
         let wd = scales4(blk);
         let wm = scales4(std::array::from_fn(|i| blk[i].add(2)));
         // Low nibbles are weights 0..16, high nibbles 16..32.
@@ -407,12 +474,13 @@ fn q4k_scales(p: &[u8; 12]) -> [u32; 4] {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_q4k<const C: usize>(wr: [*const u8; 4], a: &Acts, rows: [usize; C]) -> [__m128; C] {
+unsafe fn tile_q4k<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, rows: [usize; C]) -> [__m128; C] {
     let low = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm_setzero_ps(); C];
     let (k, nb) = (a.k, a.nb);
     for b in 0..nb {
         let blk: [*const u8; 4] = std::array::from_fn(|i| wr[i].add(b * 144));
+        prefetch4(&blk, ahead);
         let wd = scales4(blk);
         let wdmin = scales4(std::array::from_fn(|i| blk[i].add(2)));
         // Sums of the input's integers over each 32-weight sub-block (pairs of Q8_K's 16-sums).
@@ -461,7 +529,7 @@ unsafe fn tile_q4k<const C: usize>(wr: [*const u8; 4], a: &Acts, rows: [usize; C
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_q6k<const C: usize>(wr: [*const u8; 4], a: &Acts, rows: [usize; C]) -> [__m128; C] {
+unsafe fn tile_q6k<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, rows: [usize; C]) -> [__m128; C] {
     let low4 = _mm256_set1_epi8(0x0F);
     let low2 = _mm256_set1_epi8(0x03);
     // Shuffles that spread sub-scales (2g, 2g+1) over eight bytes each, g = 0..8.
@@ -473,6 +541,7 @@ unsafe fn tile_q6k<const C: usize>(wr: [*const u8; 4], a: &Acts, rows: [usize; C
     let (k, nb) = (a.k, a.nb);
     for b in 0..nb {
         let blk: [*const u8; 4] = std::array::from_fn(|i| wr[i].add(b * 210));
+        prefetch4(&blk, ahead);
         let wd = scales4(std::array::from_fn(|i| blk[i].add(208)));
         let bsums: [__m256i; C] =
             std::array::from_fn(|c| _mm256_loadu_si256(a.bsums.as_ptr().add((rows[c] * nb + b) * 16) as *const __m256i));
@@ -582,6 +651,24 @@ mod tests {
     }
 
     #[test]
+    fn q5_0_matches_candle() {
+        close_to_candle(GgmlDType::Q5_0);
+    }
+
+    #[test]
+    fn q5_0_gives_the_bits_of_its_q8_0_widening() {
+        if !enabled() {
+            return;
+        }
+        let (n, k, m) = (13, 640, 5);
+        let q5 = weights(GgmlDType::Q5_0, n, k);
+        let q8 = crate::model::transformer::q5_0_as_q8_0(&q5).unwrap();
+        let x = values(m * k, 5);
+        let (a, b) = (ours(&q5, &x, m), ours(&q8, &x, m));
+        assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "Q5_0 and its Q8_0 widening differ");
+    }
+
+    #[test]
     fn q4_1_matches_candle() {
         close_to_candle(GgmlDType::Q4_1);
     }
@@ -602,7 +689,7 @@ mod tests {
             return;
         }
         let (n, k) = (37, 768);
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_1, GgmlDType::Q4K, GgmlDType::Q6K] {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4_1, GgmlDType::Q4K, GgmlDType::Q6K] {
             let q = weights(dtype, n, k);
             let x = values(64 * k, 3);
             let full = ours(&q, &x, 64);

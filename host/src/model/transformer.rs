@@ -103,7 +103,9 @@ pub fn q5_0_as_q8_0(q: &QTensor) -> Result<QTensor, candle_core::Error> {
 
 impl Linear {
     fn new(q: QTensor) -> Result<Linear, candle_core::Error> {
-        let q = if q.dtype() == candle_core::quantized::GgmlDType::Q5_0 { q5_0_as_q8_0(&q)? } else { q };
+        // Without kiln's kernels, Q5_0 goes through candle as Q8_0 (its Q5_0 path is scalar).
+        let widen = q.dtype() == candle_core::quantized::GgmlDType::Q5_0 && qmm::Kind::of(q.dtype()).is_none();
+        let q = if widen { q5_0_as_q8_0(&q)? } else { q };
         Linear::from_arc(Arc::new(q))
     }
 
