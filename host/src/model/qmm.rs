@@ -358,27 +358,33 @@ unsafe fn scales4(p: [*const u8; 4]) -> __m128 {
     _mm_cvtph_ps(_mm_set_epi16(0, 0, 0, 0, h(3), h(2), h(1), h(0)))
 }
 
+/// One block of signed 8-bit weights of four rows (scales `wd`) against the input rows, added
+/// to `acc`: the arithmetic of Q8_0, which Q5_0 shares once its weights are widened.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn i8_block<const C: usize>(wd: __m128, wq: [__m256i; 4], a: &Acts, rows: [usize; C], b: usize, acc: &mut [__m128; C]) {
+    let ones = _mm256_set1_epi16(1);
+    // i8 x i8 through the unsigned x signed multiply: |w| times y with w's sign.
+    let wabs: [__m256i; 4] = std::array::from_fn(|i| _mm256_sign_epi8(wq[i], wq[i]));
+    for c in 0..C {
+        let y = _mm256_loadu_si256(a.qs.as_ptr().add(rows[c] * a.k + b * 32) as *const __m256i);
+        let q: [__m256i; 4] = std::array::from_fn(|i| _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[i], _mm256_sign_epi8(y, wq[i])), ones));
+        let s = _mm_cvtepi32_ps(reduce4(q));
+        let scale = _mm_mul_ps(wd, _mm_set1_ps(*a.d.get_unchecked(rows[c] * a.nb + b)));
+        acc[c] = _mm_fmadd_ps(s, scale, acc[c]);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile_q8_0<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, rows: [usize; C]) -> [__m128; C] {
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm_setzero_ps(); C];
-    let (k, nb) = (a.k, a.nb);
-    for b in 0..nb {
+    for b in 0..a.nb {
         let blk: [*const u8; 4] = std::array::from_fn(|i| wr[i].add(b * 34));
         prefetch4(&blk, ahead);
-        let wd = scales4(blk);
         let wq: [__m256i; 4] = std::array::from_fn(|i| _mm256_loadu_si256(blk[i].add(2) as *const __m256i));
-        // i8 x i8 through the unsigned x signed multiply: |w| times y with w's sign.
-        let wabs: [__m256i; 4] = std::array::from_fn(|i| _mm256_sign_epi8(wq[i], wq[i]));
-        for c in 0..C {
-            let y = _mm256_loadu_si256(a.qs.as_ptr().add(rows[c] * k + b * 32) as *const __m256i);
-            let q: [__m256i; 4] =
-                std::array::from_fn(|i| _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[i], _mm256_sign_epi8(y, wq[i])), ones));
-            let s = _mm_cvtepi32_ps(reduce4(q));
-            let scale = _mm_mul_ps(wd, _mm_set1_ps(*a.d.get_unchecked(rows[c] * nb + b)));
-            acc[c] = _mm_fmadd_ps(s, scale, acc[c]);
-        }
+        i8_block(scales4(blk), wq, a, rows, b, &mut acc);
     }
     acc
 }
@@ -405,24 +411,12 @@ unsafe fn q5_0_values(blk: *const u8) -> __m256i {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile_q5_0<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, rows: [usize; C]) -> [__m128; C] {
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm_setzero_ps(); C];
-    let (k, nb) = (a.k, a.nb);
-    for b in 0..nb {
+    for b in 0..a.nb {
         let blk: [*const u8; 4] = std::array::from_fn(|i| wr[i].add(b * 22));
         prefetch4(&blk, ahead);
-        let wd = scales4(blk);
         let wq: [__m256i; 4] = std::array::from_fn(|i| q5_0_values(blk[i]));
-        // From here on exactly the Q8_0 kernel's arithmetic.
-        let wabs: [__m256i; 4] = std::array::from_fn(|i| _mm256_sign_epi8(wq[i], wq[i]));
-        for c in 0..C {
-            let y = _mm256_loadu_si256(a.qs.as_ptr().add(rows[c] * k + b * 32) as *const __m256i);
-            let q: [__m256i; 4] =
-                std::array::from_fn(|i| _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[i], _mm256_sign_epi8(y, wq[i])), ones));
-            let s = _mm_cvtepi32_ps(reduce4(q));
-            let scale = _mm_mul_ps(wd, _mm_set1_ps(*a.d.get_unchecked(rows[c] * nb + b)));
-            acc[c] = _mm_fmadd_ps(s, scale, acc[c]);
-        }
+        i8_block(scales4(blk), wq, a, rows, b, &mut acc);
     }
     acc
 }
