@@ -190,7 +190,7 @@ fn run_critic_and_qc_and_template_from_the_command_line() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["metrics"].as_array().unwrap().iter().any(|m| m["name"] == "runaway_rate"));
     // The exit code is the report's verdict: 0 passed, 2 failed (with the reasons on stderr).
-    assert_eq!(out.status.code(), Some(if report["pass"] == true { 0 } else { 2 }), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(if report["pass"] == true { 0 } else { 2 }), "{}", crate::common::text(&out));
     let strict = kiln()
         .args(["plugin", "run", "--world", "qc-rule", "--plugin-config", r#"{"max_runaway_rate": 0.0, "max_empty_rate": 0.0, "max_token_limit_rate": 0.0, "max_duplicate_rate": 0.0}"#])
         .arg(reference("qc-gates"))
@@ -199,9 +199,10 @@ fn run_critic_and_qc_and_template_from_the_command_line() {
         .output()
         .unwrap();
     let r: serde_json::Value = serde_json::from_slice(&strict.stdout).unwrap();
-    assert_eq!(r["pass"], false, "{}", text(&strict));
-    assert_eq!(strict.status.code(), Some(2));
-    assert!(text(&strict).contains("QC report FAILED"), "{}", text(&strict));
+    let said = crate::common::text(&strict);
+    assert_eq!(r["pass"], false, "{said}");
+    assert_eq!(strict.status.code(), Some(2), "{said}");
+    assert!(said.contains("QC report FAILED"), "{said}");
 
     let out = kiln()
         .args(["plugin", "run", "--world", "prompt-template", "--call", "response-prompts"])
