@@ -49,13 +49,7 @@ pub struct MergeCommand {
 impl MergeCommand {
     /// Run it.
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let base = match &self.model {
-            Some(p) => p.clone(),
-            None => {
-                let m = crate::model::fetch::GEMMA3_270M;
-                crate::model::fetch::ensure(&m, &crate::model::fetch::models_dir(None))?
-            }
-        };
+        let base = crate::cli::model::model_file(self.model.as_deref())?;
         let adapter = adapter_folder(&self.adapter);
         let r = merge_adapter(&base, &adapter, &self.out, self.dtype)?;
         if self.json {

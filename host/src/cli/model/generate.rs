@@ -27,16 +27,19 @@ pub struct ModelArgs {
     pub adapter: Option<PathBuf>,
 }
 
+/// The GGUF a model command works on: the one given, or the default base model (fetched on
+/// first use).
+pub fn model_file(model: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    Ok(match model {
+        Some(p) => p.to_path_buf(),
+        None => crate::model::fetch::ensure(&crate::model::fetch::GEMMA3_270M, &crate::model::fetch::models_dir(None))?,
+    })
+}
+
 impl ModelArgs {
     /// Load the model.
     pub fn load(&self) -> anyhow::Result<Engine> {
-        let path = match &self.model {
-            Some(p) => p.clone(),
-            None => {
-                let m = crate::model::fetch::GEMMA3_270M;
-                crate::model::fetch::ensure(&m, &crate::model::fetch::models_dir(None))?
-            }
-        };
+        let path = model_file(self.model.as_deref())?;
         let mut engine = Engine::load(&path, &LoadOptions { allow_chat_template: self.allow_chat_template })?;
         if let Some(dir) = &self.adapter {
             let dir = crate::cli::adapter::adapter_folder(dir);

@@ -13,7 +13,7 @@ mod tokenize;
 
 pub use device::DeviceCheckCommand;
 pub use fetch::FetchCommand;
-pub use generate::{GenerateCommand, ModelArgs, ScoreCommand};
+pub use generate::{model_file, GenerateCommand, ModelArgs, ScoreCommand};
 pub use guard::GuardCommand;
 pub use inspect::InspectCommand;
 pub use tokenize::TokenizeCommand;
