@@ -26,7 +26,23 @@ if [ ! -x "$venv/bin/python" ]; then
         exit 1
     }
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+# torch and its CUDA wheels are several GiB: no pip cache (it would double the disk used), long
+# timeouts and retries per file, and the whole install tried again if the registry drops the
+# connection mid-file. A failure prints pip's own last lines, which name the file and the cause.
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+for attempt in 1 2 3; do
+    if "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
+        --retries 10 --timeout 120 -r "$req" >"$log" 2>&1; then
+        break
+    fi
+    echo "setup-peft: pip install -r $req failed (attempt $attempt of 3); its last lines:" >&2
+    tail -n 15 "$log" >&2
+    if [ "$attempt" = 3 ]; then
+        exit 2
+    fi
+    sleep $((attempt * 20))
+done
 "$venv/bin/python" -c "import torch, transformers, peft, gguf"
 echo "$want" >"$stamp"
 echo "setup-peft: $venv is ready ($("$venv/bin/python" -c 'import torch, transformers, peft; print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")'))"

@@ -65,10 +65,14 @@ fn python() -> PathBuf {
     let venv = std::env::var_os("KILN_PEFT_VENV").map(PathBuf::from).unwrap_or_else(|| root().join(".venv-peft"));
     let setup = SETUP.get_or_init(|| {
         let script = root().join("scripts/setup-peft.sh");
-        let status = Command::new("bash").arg(&script).env("KILN_PEFT_VENV", &venv).status();
-        match status {
-            Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(format!("{} failed ({s})", script.display())),
+        let out = Command::new("bash").arg(&script).env("KILN_PEFT_VENV", &venv).stdin(Stdio::null()).output();
+        match out {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                let tail: Vec<&str> = err.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
+                Err(format!("{} failed ({}):\n{}", script.display(), o.status, tail.join("\n")))
+            }
             Err(e) => Err(format!("cannot run {}: {e}", script.display())),
         }
     });
