@@ -121,7 +121,7 @@ fn main() {
     let peer_py = arg(&args, "--peer").or_else(|| std::env::var("KILN_LLAMA_PYTHON").ok()).unwrap_or_else(|| "/work/venv-llama/bin/python".into());
     println!("kiln engine vs llama.cpp, {threads} threads (tokens/s; score = prompts/s)");
     for path in models {
-        let e = Engine::load(&path, &LoadOptions { allow_chat_template: true }).unwrap();
+        let e = Engine::load(&path, &LoadOptions { allow_chat_template: true, ..Default::default() }).unwrap();
         // Warm up.
         let _ = e.generate(&[GenRequest { id: String::new(), prompt: "Hello".into(), stop: vec![], max_tokens: 4, seed: 0, stop_after_text: false }], &SamplingParams::default(), BatchOptions::default(), &mut |_, _| {});
         let k = measure(&e);

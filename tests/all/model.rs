@@ -232,7 +232,7 @@ fn chat_template_is_refused_unless_allowed_and_recorded() {
     let (_d, p) = tiny_file(&t, "chat.gguf");
     let err = Engine::load(&p, &LoadOptions::default()).err().unwrap().to_string();
     assert!(err.contains("chat.gguf") && err.contains("chat template"), "{err}");
-    let e = Engine::load(&p, &LoadOptions { allow_chat_template: true }).unwrap();
+    let e = Engine::load(&p, &LoadOptions { allow_chat_template: true, ..Default::default() }).unwrap();
     assert!(e.info.chat_template_allowed && e.info.chat_template_chars.is_some());
     let report = guard::check(&e, guard::DEFAULT_THRESHOLD).unwrap();
     assert!(report.flagged_by_metadata && report.flagged());
@@ -261,4 +261,66 @@ fn inspect_describes_the_file() {
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(s.contains("gemma3") && s.contains("3 layers") && s.contains("sliding window 8") && s.contains("chat template no"), "{s}");
+}
+
+/// The accelerator's attention (tensor operations: rotary by per-row positions, a (heads, rows,
+/// dim) cache per sequence, masks for prefill and the sliding window) run on the CPU gives the
+/// logits of kiln's per-row attention, for both rotary styles, grouped-query heads, a batch of
+/// different lengths, chunked prefill and decoding far past the window.
+#[test]
+fn tensor_attention_gives_the_per_row_logits() {
+    // f32 weights: kiln's kernels quantize activations to 8 bits per row, where a last-bit
+    // difference in attention can flip a rounding and move a logit by a hundredth.
+    use candle_core::quantized::GgmlDType::F32;
+    let cases = [
+        Tiny { dtype: F32, embed_dtype: F32, ..Tiny::gemma3() },
+        Tiny { dtype: F32, embed_dtype: F32, ..Tiny::llama() },
+        Tiny { heads: 4, kv_heads: 2, sliding_window: Some(5), sliding_pattern: 2, dtype: F32, embed_dtype: F32, ..Tiny::gemma3() },
+        Tiny { heads: 4, kv_heads: 1, dtype: F32, embed_dtype: F32, ..Tiny::llama() },
+    ];
+    for t in cases {
+        let (_d, mut e) = load(&t);
+        let seqs: Vec<Vec<u32>> = (0..3).map(|s| (0..(7 + 9 * s)).map(|i| 260 + ((i * 7 + s * 3) % 30) as u32).collect()).collect();
+        // Prefill in two chunks (all rows wanted), then 30 decode steps of each sequence's own
+        // tokens, all sequences in one batch.
+        let run = |e: &Engine| -> Vec<Vec<Vec<f32>>> {
+            let mut caches: Vec<SeqCache> = seqs.iter().map(|_| e.model.new_cache()).collect();
+            let mut logits = Vec::new();
+            for (lo, hi) in [(0usize, 4usize), (4, usize::MAX)] {
+                let mut steps: Vec<Step> = caches
+                    .iter_mut()
+                    .zip(&seqs)
+                    .map(|(c, s)| Step { cache: c, tokens: &s[lo.min(s.len())..hi.min(s.len())], want: Want::All })
+                    .collect();
+                logits.extend(e.model.forward(&mut steps).unwrap().into_iter().flatten());
+            }
+            for i in 0..30u32 {
+                let toks: Vec<[u32; 1]> = (0..seqs.len()).map(|s| [262 + (i * 3 + s as u32) % 20]).collect();
+                let mut steps: Vec<Step> = caches.iter_mut().zip(&toks).map(|(c, tk)| Step { cache: c, tokens: tk, want: Want::Last }).collect();
+                logits.extend(e.model.forward(&mut steps).unwrap().into_iter().flatten());
+            }
+            vec![logits]
+        };
+        let rows = run(&e);
+        assert!(!e.model.tensor_attention());
+        e.model.set_tensor_attention(true).unwrap();
+        let tensors = run(&e);
+        assert_eq!(rows[0].len(), tensors[0].len());
+        let worst = rows[0].iter().zip(&tensors[0]).map(|(a, b)| max_diff(a, b)).fold(0.0, f32::max);
+        assert!(worst < 1e-3, "{} heads {}/{} window {:?}: max logit difference {worst}", t.arch, t.heads, t.kv_heads, t.sliding_window);
+        // A cache from one path is refused by the other.
+        let mut c = e.model.new_cache();
+        e.model.set_tensor_attention(false).unwrap();
+        e.model.forward(&mut [Step { cache: &mut c, tokens: &seqs[0], want: Want::Nothing }]).unwrap();
+        e.model.set_tensor_attention(true).unwrap();
+        let err = e.model.forward(&mut [Step { cache: &mut c, tokens: &seqs[0][..1], want: Want::Last }]).unwrap_err();
+        assert!(err.to_string().contains("cached by per-row attention"), "{err}");
+        e.model.set_tensor_attention(false).unwrap();
+        let mut c = e.model.new_cache();
+        e.model.set_tensor_attention(true).unwrap();
+        e.model.forward(&mut [Step { cache: &mut c, tokens: &seqs[0], want: Want::Nothing }]).unwrap();
+        e.model.set_tensor_attention(false).unwrap();
+        let err = e.model.forward(&mut [Step { cache: &mut c, tokens: &seqs[0][..1], want: Want::Last }]).unwrap_err();
+        assert!(err.to_string().contains("cached by tensor attention"), "{err}");
+    }
 }

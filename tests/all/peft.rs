@@ -207,7 +207,7 @@ fn peft_effect(peft: &Peft, arm: &str) -> Diff {
 /// tolerances without wrecking the model (gemma3's activations are larger than SmolLM2's).
 fn agrees_with_peft(name: &str, b_scale: f64) {
     let path = real_model(name);
-    let mut e = Engine::load(&path, &LoadOptions { allow_chat_template: true }).unwrap();
+    let mut e = Engine::load(&path, &LoadOptions { allow_chat_template: true, ..Default::default() }).unwrap();
     let m = BaseModel::load(&path).unwrap();
     let seqs: Vec<Vec<u32>> = PROMPTS.iter().map(|p| e.prompt_ids(p).unwrap()).collect();
     let a = adapters(&m.cfg, b_scale);

@@ -35,7 +35,7 @@ fn expected(model: &str) -> Vec<Row> {
 
 fn parity(name: &str) {
     let path = real_model(name);
-    let e = Engine::load(&path, &LoadOptions { allow_chat_template: true }).unwrap();
+    let e = Engine::load(&path, &LoadOptions { allow_chat_template: true, ..Default::default() }).unwrap();
     let rows = expected(name);
     let reqs: Vec<GenRequest> = rows
         .iter()
@@ -89,7 +89,7 @@ fn guard_passes_the_base_model_and_flags_the_instruct_model() {
     let instruct = real_model("smollm2-instruct");
     let err = Engine::load(&instruct, &LoadOptions::default()).err().unwrap().to_string();
     assert!(err.contains("chat template"), "{err}");
-    let e = Engine::load(&instruct, &LoadOptions { allow_chat_template: true }).unwrap();
+    let e = Engine::load(&instruct, &LoadOptions { allow_chat_template: true, ..Default::default() }).unwrap();
     let r = guard::check(&e, guard::DEFAULT_THRESHOLD).unwrap();
     eprintln!("smollm2-instruct guard: preference {:.3}, wins {}/{}", r.assistant_preference, r.assistant_wins, r.sentinels.len());
     assert!(r.flagged_by_metadata);

@@ -15,6 +15,59 @@ use super::transformer::Model;
 pub struct LoadOptions {
     /// Load a file that carries a chat template (it is recorded in [`ModelInfo`]).
     pub allow_chat_template: bool,
+    /// Where the model runs.
+    pub device: DeviceSpec,
+}
+
+/// Where a model runs: `cpu` (kiln's kernels) or `cuda` / `cuda:N` (candle's CUDA backend, in
+/// a build with `--features cuda`: scripts/build-cuda.sh).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The CPU.
+    #[default]
+    Cpu,
+    /// A CUDA device by ordinal.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+                _ => Err(format!("unknown device \"{s}\": expected cpu, cuda or cuda:N")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Open the device; an error names it and says what this build lacks.
+    pub fn open(&self) -> Result<candle_core::Device, ModelError> {
+        match self {
+            DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
+            DeviceSpec::Cuda(n) => {
+                if !cfg!(feature = "cuda") {
+                    return Err(ModelError::Request(format!(
+                        "device {self}: this kiln is built without CUDA (build it with scripts/build-cuda.sh)"
+                    )));
+                }
+                candle_core::Device::new_cuda(*n).map_err(|e| ModelError::Request(format!("device {self}: {e}")))
+            }
+        }
+    }
 }
 
 /// What a model file is, for manifests and `kiln model inspect`.
@@ -110,7 +163,8 @@ impl Engine {
             tracing::warn!(model = %path.display(), "loading a model that carries a chat template (allowed by config); kiln never applies it");
         }
         let tokenizer = Tokenizer::from_gguf(&content, &path.display().to_string())?;
-        let model = Model::from_gguf(&content, &mut file, path)?;
+        let device = opts.device.open()?;
+        let model = Model::from_gguf(&content, &mut file, path, &device)?;
         Ok(Engine { model, tokenizer, info })
     }
 

@@ -13,7 +13,7 @@ pub mod tokenizer;
 pub mod transformer;
 
 pub use config::{Arch, ModelConfig};
-pub use engine::{Engine, LoadOptions, ModelInfo};
+pub use engine::{DeviceSpec, Engine, LoadOptions, ModelInfo};
 pub use error::ModelError;
 pub use generate::{BatchOptions, Finish, GenRequest, Generated, SamplingParams, ScoreRequest, Scored};
 pub use transformer::{Model, SeqCache, Step, Want};

@@ -243,6 +243,10 @@ pub struct LayerKv {
     start: usize,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// On the tensor path (an accelerator): keys and values as (kv_heads, rows, head_dim)
+    /// tensors on the model's device, the first row at position `start`.
+    dk: Option<Tensor>,
+    dv: Option<Tensor>,
 }
 
 /// The KV cache of one sequence.
@@ -299,6 +303,9 @@ pub struct Model {
     final_norm: Tensor,
     output: Linear,
     ropes: Vec<Rope>,
+    /// The rotary tables as (positions, head_dim / 2) cos and sin tensors on the device, one
+    /// pair per `ropes` entry: present when attention runs as tensor operations.
+    rope_tensors: Option<Vec<(Tensor, Tensor)>>,
     device: Device,
 }
 
@@ -307,14 +314,17 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, candle_core::Err
 }
 
 impl Model {
-    /// Load from an open GGUF (content already read).
+    /// Load from an open GGUF (content already read) onto `device`: the CPU, with kiln's
+    /// kernels and per-row attention, or an accelerator (CUDA), with candle's quantized kernels
+    /// and attention as tensor operations.
     pub fn from_gguf<R: std::io::Read + std::io::Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
         path: &Path,
+        device: &Device,
     ) -> Result<Model, ModelError> {
         let cfg = ModelConfig::from_metadata(&content.metadata, path)?;
-        let device = Device::Cpu;
+        let device = device.clone();
         let fmt = |what: String| ModelError::Format { path: path.to_path_buf(), what };
         let mut tensor = |name: &str| -> Result<QTensor, ModelError> {
             if !content.tensor_infos.contains_key(name) {
@@ -336,7 +346,7 @@ impl Model {
         } else {
             Linear::from_arc(embed.clone())?
         };
-        let dense = |q: QTensor| q.dequantize(&Device::Cpu);
+        let dense = |q: QTensor| q.dequantize(&device);
         let final_norm = dense(tensor("output_norm.weight")?)?;
         let max_pos = cfg.context.min(16384);
         let mut ropes = vec![Rope::new(cfg.rope_base, cfg.rope_dims, max_pos)];
@@ -391,7 +401,43 @@ impl Model {
             }
             layers.push(layer);
         }
-        Ok(Model { cfg, path: path.to_path_buf(), embed, layers, final_norm, output, ropes, device })
+        let mut model = Model { cfg, path: path.to_path_buf(), embed, layers, final_norm, output, ropes, rope_tensors: None, device };
+        if !model.device.is_cpu() {
+            model.set_tensor_attention(true)?;
+        }
+        Ok(model)
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Run attention as tensor operations on the model's device (the accelerator path, also
+    /// available on the CPU, where it checks the accelerator's arithmetic against kiln's
+    /// per-row attention) or, with `false` on the CPU, per row and head with rayon. Caches
+    /// made on one path cannot be continued on the other.
+    pub fn set_tensor_attention(&mut self, on: bool) -> Result<(), ModelError> {
+        if !on && !self.device.is_cpu() {
+            return Err(ModelError::Request("per-row attention runs only on the CPU".into()));
+        }
+        self.rope_tensors = if on {
+            let mut t = Vec::with_capacity(self.ropes.len());
+            for r in &self.ropes {
+                let cos = Tensor::from_slice(&r.cos, (r.max_pos, r.half), &self.device)?;
+                let sin = Tensor::from_slice(&r.sin, (r.max_pos, r.half), &self.device)?;
+                t.push((cos, sin));
+            }
+            Some(t)
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    /// True when attention runs as tensor operations (see [`Model::set_tensor_attention`]).
+    pub fn tensor_attention(&self) -> bool {
+        self.rope_tensors.is_some()
     }
 
     /// A fresh, empty cache for one sequence.
@@ -423,6 +469,14 @@ impl Model {
         let mut pos = Vec::new();
         let mut owner = Vec::new();
         for (s, st) in steps.iter().enumerate() {
+            let on_tensors = st.cache.layers.first().is_some_and(|c| c.dk.is_some());
+            if st.cache.len > 0 && on_tensors != self.tensor_attention() {
+                let (made, now) = if on_tensors { ("tensor", "per-row") } else { ("per-row", "tensor") };
+                return Err(ModelError::Request(format!(
+                    "a sequence of {} tokens cached by {made} attention cannot go on with {now} attention",
+                    st.cache.len
+                )));
+            }
             for (j, &t) in st.tokens.iter().enumerate() {
                 if t as usize >= cfg.vocab {
                     return Err(ModelError::Request(format!("token id {t} is outside the vocabulary of {}", cfg.vocab)));
@@ -454,6 +508,12 @@ impl Model {
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 q = rms_norm(&q.reshape((n * nh, hd))?, qn, cfg.eps)?;
                 k = rms_norm(&k.reshape((n * nkv, hd))?, kn, cfg.eps)?;
+            }
+            if let Some(tables) = &self.rope_tensors {
+                let attn = self.attend_tensors(l, layer, &tables[layer.rope], &q, &k, &v, steps, &pos)?;
+                x = self.finish_layer(layer, x, &attn)?;
+                self.trim_window(l, layer, steps);
+                continue;
             }
             let mut qv = q.flatten_all()?.to_vec1::<f32>()?;
             let mut kv = k.flatten_all()?.to_vec1::<f32>()?;
@@ -512,42 +572,147 @@ impl Model {
             });
             drop(caches);
             let attn = Tensor::from_vec(out, (n, nh * hd), &self.device)?;
-            let mut a = layer.o.forward(&attn)?;
-            if let Some(pn) = &layer.post_attn_norm {
-                a = rms_norm(&a, pn, cfg.eps)?;
-            }
-            x = (x + a)?;
-            let h = rms_norm(&x, &layer.ffn_norm, cfg.eps)?;
-            let g = layer.gate.forward(&h)?;
-            let u = layer.up.forward(&h)?;
-            let act = match cfg.arch {
-                Arch::Gemma3 => g.gelu()?,
-                Arch::Llama => candle_nn::ops::silu(&g)?,
-            };
-            let mut m = layer.down.forward(&(act * u)?)?;
-            if let Some(pn) = &layer.post_ffn_norm {
-                m = rms_norm(&m, pn, cfg.eps)?;
-            }
-            x = (x + m)?;
-            // Sliding-window layers keep only the keys a future query can still see.
-            if let Some(w) = window {
-                for st in steps.iter_mut() {
-                    let c = &mut st.cache.layers[l];
-                    let next = st.cache.len + st.tokens.len();
-                    let keep_from = (next + 1).saturating_sub(w);
-                    if keep_from > c.start + w {
-                        let drop_rows = keep_from - c.start;
-                        c.k.drain(..drop_rows * kw);
-                        c.v.drain(..drop_rows * kw);
-                        c.start = keep_from;
-                    }
-                }
-            }
+            x = self.finish_layer(layer, x, &attn)?;
+            self.trim_window(l, layer, steps);
         }
         for st in steps.iter_mut() {
             st.cache.len += st.tokens.len();
         }
         Ok(x)
+    }
+
+    /// The rest of a block after attention: output projection, residual, feed-forward.
+    fn finish_layer(&self, layer: &Layer, x: Tensor, attn: &Tensor) -> Result<Tensor, ModelError> {
+        let eps = self.cfg.eps;
+        let mut a = layer.o.forward(attn)?;
+        if let Some(pn) = &layer.post_attn_norm {
+            a = rms_norm(&a, pn, eps)?;
+        }
+        let x = (x + a)?;
+        let h = rms_norm(&x, &layer.ffn_norm, eps)?;
+        let g = layer.gate.forward(&h)?;
+        let u = layer.up.forward(&h)?;
+        let act = match self.cfg.arch {
+            Arch::Gemma3 => g.gelu()?,
+            Arch::Llama => candle_nn::ops::silu(&g)?,
+        };
+        let mut m = layer.down.forward(&(act * u)?)?;
+        if let Some(pn) = &layer.post_ffn_norm {
+            m = rms_norm(&m, pn, eps)?;
+        }
+        Ok((x + m)?)
+    }
+
+    /// Sliding-window layers keep only the keys a future query can still see (trimmed in
+    /// steps of a window, so that the copy is rare).
+    fn trim_window(&self, l: usize, layer: &Layer, steps: &mut [Step<'_>]) {
+        let Some(w) = layer.window else { return };
+        let kw = self.cfg.kv_heads * self.cfg.head_dim;
+        for st in steps.iter_mut() {
+            let next = st.cache.len + st.tokens.len();
+            let c = &mut st.cache.layers[l];
+            let keep_from = (next + 1).saturating_sub(w);
+            if keep_from > c.start + w {
+                let drop_rows = keep_from - c.start;
+                if let (Some(k), Some(v)) = (&c.dk, &c.dv) {
+                    let rows = k.dim(1).expect("a (heads, rows, dim) cache");
+                    // A copy, so that the dropped rows' memory is freed.
+                    let keep = |t: &Tensor| t.narrow(1, drop_rows, rows - drop_rows).and_then(|t| t.contiguous());
+                    if let (Ok(k), Ok(v)) = (keep(k), keep(v)) {
+                        c.dk = Some(k);
+                        c.dv = Some(v);
+                        c.start = keep_from;
+                    }
+                } else {
+                    c.k.drain(..drop_rows * kw);
+                    c.v.drain(..drop_rows * kw);
+                    c.start = keep_from;
+                }
+            }
+        }
+    }
+
+    /// Attention of one layer as tensor operations on the model's device: rotary embedding
+    /// at each row's own position, this step's keys and values appended to each sequence's
+    /// cache, then per sequence `softmax(q K^T * scale + mask) V` with grouped-query heads and
+    /// the sliding window. Returns (rows, heads * head_dim).
+    #[allow(clippy::too_many_arguments)]
+    fn attend_tensors(
+        &self,
+        l: usize,
+        layer: &Layer,
+        (cos, sin): &(Tensor, Tensor),
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        steps: &mut [Step<'_>],
+        pos: &[usize],
+    ) -> Result<Tensor, ModelError> {
+        let cfg = &self.cfg;
+        let (n, hd, nh, nkv) = (pos.len(), cfg.head_dim, cfg.heads, cfg.kv_heads);
+        let group = nh / nkv;
+        let idx = Tensor::from_iter(pos.iter().map(|&p| p as u32), &self.device)?;
+        let (c, s) = (cos.index_select(&idx, 0)?.unsqueeze(1)?, sin.index_select(&idx, 0)?.unsqueeze(1)?);
+        // Each row is its own batch entry, so that it rotates by its own position.
+        let rotate = |x: &Tensor, heads: usize| -> Result<Tensor, candle_core::Error> {
+            let x = x.reshape((n, heads, 1, hd))?.contiguous()?;
+            let r = match cfg.rope_style() {
+                RopeStyle::Neox => candle_nn::rotary_emb::rope(&x, &c, &s)?,
+                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &c, &s)?,
+            };
+            r.reshape((n, heads, hd))
+        };
+        let q = rotate(q, nh)?;
+        let k = rotate(k, nkv)?;
+        let v = v.reshape((n, nkv, hd))?;
+        let mut outs = Vec::with_capacity(steps.len());
+        let mut r = 0;
+        for st in steps.iter_mut() {
+            let t = st.tokens.len();
+            if t == 0 {
+                continue;
+            }
+            let past = st.cache.len;
+            let cache = &mut st.cache.layers[l];
+            // (kv_heads, t, head_dim), appended to the cache.
+            let kn = k.narrow(0, r, t)?.transpose(0, 1)?.contiguous()?;
+            let vn = v.narrow(0, r, t)?.transpose(0, 1)?.contiguous()?;
+            let (kc, vc) = match (&cache.dk, &cache.dv) {
+                (Some(kc), Some(vc)) => (Tensor::cat(&[kc, &kn], 1)?, Tensor::cat(&[vc, &vn], 1)?),
+                _ => {
+                    cache.start = 0;
+                    (kn, vn)
+                }
+            };
+            cache.dk = Some(kc.clone());
+            cache.dv = Some(vc.clone());
+            // Row j (position past + j) sees the cache rows of positions first_j..=past + j.
+            let first = |j: usize| layer.window.map_or(0, |w| (past + j + 1).saturating_sub(w)).max(cache.start);
+            let (lo, hi) = (first(0) - cache.start, past + t - cache.start);
+            let (kc, vc) = (kc.narrow(1, lo, hi - lo)?, vc.narrow(1, lo, hi - lo)?);
+            let width = hi - lo;
+            // (kv_heads, group * t, head_dim): the query heads of one key head, row-major.
+            let qs = q.narrow(0, r, t)?.transpose(0, 1)?.reshape((nkv, group * t, hd))?.contiguous()?;
+            let mut scores = (qs.matmul(&kc.t()?.contiguous()?)? * cfg.attn_scale as f64)?;
+            if t > 1 {
+                let mut mask = vec![0f32; t * width];
+                for j in 0..t {
+                    let (f, p) = (first(j) - cache.start - lo, past + j - cache.start - lo);
+                    for (i, m) in mask[j * width..(j + 1) * width].iter_mut().enumerate() {
+                        if i < f || i > p {
+                            *m = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                let mask = Tensor::from_vec(mask, (t, width), &self.device)?;
+                scores = scores.reshape((nkv, group, t, width))?.broadcast_add(&mask)?.reshape((nkv, group * t, width))?;
+            }
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let o = probs.matmul(&vc.contiguous()?)?; // (kv_heads, group * t, head_dim)
+            outs.push(o.reshape((nh, t, hd))?.transpose(0, 1)?.reshape((t, nh * hd))?);
+            r += t;
+        }
+        Ok(Tensor::cat(&outs, 0)?)
     }
 
     /// Logits (rows, vocab) for hidden states (rows, hidden).

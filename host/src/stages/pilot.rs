@@ -308,7 +308,7 @@ pub fn load_model(cfg: &PilotConfig, timings: &mut Timings) -> Result<(Engine, g
 /// contamination guard.
 pub fn load_model_spec(spec: &ModelSpec, file: &Path, field: &str, timings: &mut Timings) -> Result<(Engine, guard::GuardReport), StageError> {
     let path = model_path(&spec.choice)?;
-    let engine = timings.time("model_load", || Engine::load(&path, &LoadOptions { allow_chat_template: spec.allow_chat_template }))?;
+    let engine = timings.time("model_load", || Engine::load(&path, &LoadOptions { allow_chat_template: spec.allow_chat_template, ..Default::default() }))?;
     if let Some(expected) = &spec.sha256 {
         if &engine.info.sha256 != expected {
             return Err(StageError::Invalid(format!(

@@ -246,7 +246,7 @@ pub fn replay(source: &Path, cfg: &PilotConfig, opts: &ReplayOptions) -> Result<
     let batch = resolved.get("batch_size").and_then(|v| v.as_integer()).unwrap_or(16).max(1) as usize;
     let load = Box::new(move || -> Result<Engine, StageError> {
         tracing::info!(model = %model.path.display(), "loading the model to score changed critic requests");
-        let e = Engine::load(&model.path, &LoadOptions { allow_chat_template: model.chat_template_allowed })?;
+        let e = Engine::load(&model.path, &LoadOptions { allow_chat_template: model.chat_template_allowed, ..Default::default() })?;
         if e.info.sha256 != model.sha256 {
             return Err(StageError::Invalid(format!(
                 "model \"{}\": hash mismatch, found {} but expected {} (the model the replayed run used)",

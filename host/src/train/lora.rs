@@ -315,10 +315,11 @@ impl Adapters {
                 }
             }
         }
+        let device = model.device().clone();
         for (&(l, m), p) in &self.pairs {
             let layer = model.layers.get_mut(l).ok_or_else(|| TrainError::Config(format!("adapter for layer {l} on a model of fewer layers")))?;
             let lin = layer.projection_mut(MODULES[m]).expect("a known module");
-            let (a, b) = (p.a.as_tensor().detach(), p.b.as_tensor().detach());
+            let (a, b) = (p.a.as_tensor().detach().to_device(&device)?, p.b.as_tensor().detach().to_device(&device)?);
             if a.dims2()? != (self.config.r, lin.in_features) || b.dims2()? != (lin.out_features, self.config.r) {
                 return Err(TrainError::Config(format!(
                     "adapter {} of layer {l} is {:?} x {:?}, the projection is {} -> {}",

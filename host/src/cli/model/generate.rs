@@ -25,6 +25,9 @@ pub struct ModelArgs {
     /// adapter_model.safetensors, or a training run).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Where the model runs: cpu, cuda or cuda:N (CUDA needs a build by scripts/build-cuda.sh).
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::model::DeviceSpec,
 }
 
 /// The GGUF a model command works on: the one given, or the default base model (fetched on
@@ -40,7 +43,7 @@ impl ModelArgs {
     /// Load the model.
     pub fn load(&self) -> anyhow::Result<Engine> {
         let path = model_file(self.model.as_deref())?;
-        let mut engine = Engine::load(&path, &LoadOptions { allow_chat_template: self.allow_chat_template })?;
+        let mut engine = Engine::load(&path, &LoadOptions { allow_chat_template: self.allow_chat_template, device: self.device })?;
         if let Some(dir) = &self.adapter {
             let dir = crate::cli::adapter::adapter_folder(dir);
             crate::train::Adapters::load_peft(&engine.model.cfg, &dir)?.attach(&mut engine.model)?;
