@@ -286,11 +286,15 @@ fn tensor_attention_gives_the_per_row_logits() {
         let run = |e: &Engine| -> Vec<Vec<Vec<f32>>> {
             let mut caches: Vec<SeqCache> = seqs.iter().map(|_| e.model.new_cache()).collect();
             let mut logits = Vec::new();
-            for (lo, hi) in [(0usize, 4usize), (4, usize::MAX)] {
+            // Per sequence, where its prompt is cut: the second pass mixes one-token steps
+            // (batched) with a longer one (on its own), out of batch order.
+            let cuts = [[0usize, 4, 5, usize::MAX], [0, 4, 9, usize::MAX], [0, 6, 7, usize::MAX]];
+            for pass in 0..3 {
                 let mut steps: Vec<Step> = caches
                     .iter_mut()
                     .zip(&seqs)
-                    .map(|(c, s)| Step { cache: c, tokens: &s[lo.min(s.len())..hi.min(s.len())], want: Want::All })
+                    .zip(&cuts)
+                    .map(|((c, s), cut)| Step { cache: c, tokens: &s[cut[pass].min(s.len())..cut[pass + 1].min(s.len())], want: Want::All })
                     .collect();
                 logits.extend(e.model.forward(&mut steps).unwrap().into_iter().flatten());
             }
@@ -309,16 +313,13 @@ fn tensor_attention_gives_the_per_row_logits() {
         let worst = rows[0].iter().zip(&tensors[0]).map(|(a, b)| max_diff(a, b)).fold(0.0, f32::max);
         assert!(worst < 1e-3, "{} heads {}/{} window {:?}: max logit difference {worst}", t.arch, t.heads, t.kv_heads, t.sliding_window);
         // A cache from one path is refused by the other.
-        let mut c = e.model.new_cache();
         e.model.set_tensor_attention(false).unwrap();
+        let mut c = e.model.new_cache();
         e.model.forward(&mut [Step { cache: &mut c, tokens: &seqs[0], want: Want::Nothing }]).unwrap();
         e.model.set_tensor_attention(true).unwrap();
         let err = e.model.forward(&mut [Step { cache: &mut c, tokens: &seqs[0][..1], want: Want::Last }]).unwrap_err();
         assert!(err.to_string().contains("cached by per-row attention"), "{err}");
-        e.model.set_tensor_attention(false).unwrap();
         let mut c = e.model.new_cache();
-        e.model.set_tensor_attention(true).unwrap();
-        e.model.forward(&mut [Step { cache: &mut c, tokens: &seqs[0], want: Want::Nothing }]).unwrap();
         e.model.set_tensor_attention(false).unwrap();
         let err = e.model.forward(&mut [Step { cache: &mut c, tokens: &seqs[0][..1], want: Want::Last }]).unwrap_err();
         assert!(err.to_string().contains("cached by tensor attention"), "{err}");

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::engine::Engine;
@@ -225,41 +226,47 @@ impl Engine {
                     .collect();
                 self.model.forward(&mut steps)?
             };
-            let mut finished = Vec::new();
-            for (slot, (a, rows)) in active.iter_mut().zip(logits).enumerate() {
-                let row = rows.into_iter().next().expect("one logits row per step");
-                let t = Tensor::from_vec(row, self.model.cfg.vocab, &Device::Cpu)?;
-                let tok = a.proc.sample(&t)?;
-                a.generated.push(tok);
-                let r = &reqs[a.idx];
-                let mut done = None;
-                if eos.contains(&tok) {
-                    let text = self.tokenizer.decode(&a.generated[..a.generated.len() - 1])?;
-                    done = Some((text, Finish::Eos, None));
-                } else {
+            // Sampling and the stop checks of each sequence are its own: in parallel.
+            let dones: Vec<Result<Option<(String, Finish, Option<String>)>, ModelError>> = active
+                .par_iter_mut()
+                .zip(logits)
+                .map(|(a, rows)| {
+                    let row = rows.into_iter().next().expect("one logits row per step");
+                    let t = Tensor::from_vec(row, self.model.cfg.vocab, &Device::Cpu)?;
+                    let tok = a.proc.sample(&t)?;
+                    a.generated.push(tok);
+                    let r = &reqs[a.idx];
+                    if eos.contains(&tok) {
+                        let text = self.tokenizer.decode(&a.generated[..a.generated.len() - 1])?;
+                        return Ok(Some((text, Finish::Eos, None)));
+                    }
                     let text = self.tokenizer.decode(&a.generated)?;
-                    if let Some((p, s)) = find_stop(&text, stop_search_start(&text, r.stop_after_text), &r.stop) {
-                        done = Some((text[..p].to_string(), Finish::Stop, Some(s.clone())));
+                    Ok(if let Some((p, s)) = find_stop(&text, stop_search_start(&text, r.stop_after_text), &r.stop) {
+                        Some((text[..p].to_string(), Finish::Stop, Some(s.clone())))
                     } else if a.generated.len() >= r.max_tokens as usize {
-                        done = Some((text, Finish::Length, None));
-                    }
-                }
-                match done {
-                    Some((text, finish_reason, stop_sequence)) => {
-                        let g = Generated {
-                            id: r.id.clone(),
-                            text,
-                            finish_reason,
-                            stop_sequence,
-                            prompt_tokens: a.prompt_len as u32,
-                            completion_tokens: a.generated.len() as u32,
-                            tokens: a.generated.clone(),
-                        };
-                        on_done(a.idx, &g);
-                        results[a.idx] = Some(g);
-                        finished.push(slot);
-                    }
-                    None => a.feed = vec![tok],
+                        Some((text, Finish::Length, None))
+                    } else {
+                        a.feed = vec![tok];
+                        None
+                    })
+                })
+                .collect();
+            let mut finished = Vec::new();
+            for (slot, (a, done)) in active.iter_mut().zip(dones).enumerate() {
+                let r = &reqs[a.idx];
+                if let Some((text, finish_reason, stop_sequence)) = done? {
+                    let g = Generated {
+                        id: r.id.clone(),
+                        text,
+                        finish_reason,
+                        stop_sequence,
+                        prompt_tokens: a.prompt_len as u32,
+                        completion_tokens: a.generated.len() as u32,
+                        tokens: a.generated.clone(),
+                    };
+                    on_done(a.idx, &g);
+                    results[a.idx] = Some(g);
+                    finished.push(slot);
                 }
             }
             for slot in finished.into_iter().rev() {

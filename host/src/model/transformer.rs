@@ -8,7 +8,7 @@
 //! batch.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
@@ -243,17 +243,81 @@ pub struct LayerKv {
     start: usize,
     k: Vec<f32>,
     v: Vec<f32>,
-    /// On the tensor path (an accelerator): keys and values as (kv_heads, rows, head_dim)
-    /// tensors on the model's device, the first row at position `start`.
-    dk: Option<Tensor>,
-    dv: Option<Tensor>,
 }
 
-/// The KV cache of one sequence.
-#[derive(Debug, Clone, Default)]
+/// The KV cache of one sequence: per layer on the CPU path; on the tensor path, pages of the
+/// model's [`Arena`] (the same pages in every layer), handed back when the cache is dropped.
+#[derive(Debug, Default)]
 pub struct SeqCache {
     layers: Vec<LayerKv>,
     len: usize,
+    /// Arena pages: position p is row `pages[p / PAGE] * PAGE + p % PAGE` of the arena.
+    pages: Vec<u32>,
+    arena: Option<Arc<Mutex<Arena>>>,
+}
+
+impl Drop for SeqCache {
+    fn drop(&mut self) {
+        if let Some(a) = &self.arena {
+            if let Ok(mut a) = a.lock() {
+                a.free.append(&mut self.pages);
+            }
+        }
+    }
+}
+
+/// Rows per arena page.
+const PAGE: usize = 16;
+
+/// Keys and values of every sequence on the tensor path: per layer one (rows, kv_heads *
+/// head_dim) tensor on the device, in pages of [`PAGE`] rows that caches own. A forward pass
+/// writes all its new rows with one scatter per layer and gathers the rows each query sees with
+/// one gather, whatever the batch size.
+#[derive(Debug)]
+pub struct Arena {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    pages: usize,
+    free: Vec<u32>,
+}
+
+impl Arena {
+    /// Make room for `more` pages beyond those free (the tensors grow, old rows copied).
+    fn reserve(&mut self, more: usize, kw: usize, device: &Device) -> Result<(), candle_core::Error> {
+        if self.free.len() >= more {
+            return Ok(());
+        }
+        let want = (self.pages + more - self.free.len()).max(2 * self.pages).max(64);
+        let extra = (want - self.pages) * PAGE;
+        let grow = |t: &Tensor| -> Result<Tensor, candle_core::Error> {
+            let z = Tensor::zeros((extra, kw), DType::F32, device)?;
+            if t.dim(0)? == 0 {
+                Ok(z)
+            } else {
+                Tensor::cat(&[t, &z], 0)
+            }
+        };
+        self.k = self.k.iter().map(grow).collect::<Result<_, _>>()?;
+        self.v = self.v.iter().map(grow).collect::<Result<_, _>>()?;
+        self.free.extend((self.pages as u32..want as u32).rev());
+        self.pages = want;
+        Ok(())
+    }
+}
+
+/// What one tensor-path forward pass needs in every layer, made once: where the new rows go,
+/// and per attention window the rows each query gathers and its mask.
+struct Plan {
+    /// (n, kv_heads * head_dim) arena rows of the new keys and values.
+    write: Tensor,
+    /// Batch rows of the one-token steps, in the order of `decode`, when not all rows are.
+    decode_rows: Option<Tensor>,
+    /// Per window (None: global): the one-token steps' gather (B * L) and mask (B, 1, 1, L).
+    decode: Vec<(Option<usize>, Tensor, Tensor, usize)>,
+    /// Longer steps: (first batch row, rows, per window: gather (width), mask (rows, width)).
+    prefill: Vec<(usize, usize, Vec<(Option<usize>, Tensor, Tensor, usize)>)>,
+    /// Batch row order of [decode rows..., prefill rows...] back to the batch's, when mixed.
+    unpermute: Option<Tensor>,
 }
 
 impl SeqCache {
@@ -266,6 +330,11 @@ impl SeqCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+/// The arena row of position `p` of a cache with these pages.
+fn row_of(pages: &[u32], p: usize) -> u32 {
+    pages[p / PAGE] * PAGE as u32 + (p % PAGE) as u32
 }
 
 /// Which rows of a step need logits.
@@ -306,6 +375,8 @@ pub struct Model {
     /// The rotary tables as (positions, head_dim / 2) cos and sin tensors on the device, one
     /// pair per `ropes` entry: present when attention runs as tensor operations.
     rope_tensors: Option<Vec<(Tensor, Tensor)>>,
+    /// The tensor path's KV arena.
+    arena: Arc<Mutex<Arena>>,
     device: Device,
 }
 
@@ -401,7 +472,10 @@ impl Model {
             }
             layers.push(layer);
         }
-        let mut model = Model { cfg, path: path.to_path_buf(), embed, layers, final_norm, output, ropes, rope_tensors: None, device };
+        let empty = || Tensor::zeros((0, cfg.kv_heads * cfg.head_dim), DType::F32, &device);
+        let arena = Arena { k: (0..cfg.layers).map(|_| empty()).collect::<Result<_, _>>()?, v: (0..cfg.layers).map(|_| empty()).collect::<Result<_, _>>()?, pages: 0, free: Vec::new() };
+        let arena = Arc::new(Mutex::new(arena));
+        let mut model = Model { cfg, path: path.to_path_buf(), embed, layers, final_norm, output, ropes, rope_tensors: None, arena, device };
         if !model.device.is_cpu() {
             model.set_tensor_attention(true)?;
         }
@@ -442,7 +516,11 @@ impl Model {
 
     /// A fresh, empty cache for one sequence.
     pub fn new_cache(&self) -> SeqCache {
-        SeqCache { layers: vec![LayerKv::default(); self.cfg.layers], len: 0 }
+        if self.tensor_attention() {
+            SeqCache { layers: Vec::new(), len: 0, pages: Vec::new(), arena: Some(self.arena.clone()) }
+        } else {
+            SeqCache { layers: vec![LayerKv::default(); self.cfg.layers], len: 0, pages: Vec::new(), arena: None }
+        }
     }
 
     /// The largest position the rotary tables cover.
@@ -469,8 +547,8 @@ impl Model {
         let mut pos = Vec::new();
         let mut owner = Vec::new();
         for (s, st) in steps.iter().enumerate() {
-            let on_tensors = st.cache.layers.first().is_some_and(|c| c.dk.is_some());
-            if st.cache.len > 0 && on_tensors != self.tensor_attention() {
+            let on_tensors = st.cache.arena.is_some();
+            if (st.cache.len > 0 || on_tensors) && on_tensors != self.tensor_attention() {
                 let (made, now) = if on_tensors { ("tensor", "per-row") } else { ("per-row", "tensor") };
                 return Err(ModelError::Request(format!(
                     "a sequence of {} tokens cached by {made} attention cannot go on with {now} attention",
@@ -500,6 +578,12 @@ impl Model {
         }
         let mut x = self.embed(&ids)?;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
+        // The tensor path holds the arena for the whole pass.
+        let mut arena = if self.tensor_attention() { Some(self.arena.lock().map_err(|_| ModelError::Request("the KV arena was poisoned by a failed pass".into()))?) } else { None };
+        let plan = match arena.as_deref_mut() {
+            Some(a) => Some(self.plan(a, steps)?),
+            None => None,
+        };
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, cfg.eps)?;
             let mut q = layer.q.forward(&h)?;
@@ -509,10 +593,9 @@ impl Model {
                 q = rms_norm(&q.reshape((n * nh, hd))?, qn, cfg.eps)?;
                 k = rms_norm(&k.reshape((n * nkv, hd))?, kn, cfg.eps)?;
             }
-            if let Some(tables) = &self.rope_tensors {
-                let attn = self.attend_tensors(l, layer, &tables[layer.rope], &q, &k, &v, steps, &pos)?;
+            if let (Some(tables), Some(plan), Some(arena)) = (&self.rope_tensors, &plan, arena.as_deref()) {
+                let attn = self.attend_tensors(layer, &tables[layer.rope], (&arena.k[l], &arena.v[l]), plan, &q, &k, &v, &pos)?;
                 x = self.finish_layer(layer, x, &attn)?;
-                self.trim_window(l, layer, steps);
                 continue;
             }
             let mut qv = q.flatten_all()?.to_vec1::<f32>()?;
@@ -603,8 +686,8 @@ impl Model {
         Ok((x + m)?)
     }
 
-    /// Sliding-window layers keep only the keys a future query can still see (trimmed in
-    /// steps of a window, so that the copy is rare).
+    /// Sliding-window layers of the CPU path keep only the keys a future query can still see
+    /// (trimmed in steps of a window, so that the copy is rare). The arena keeps every row.
     fn trim_window(&self, l: usize, layer: &Layer, steps: &mut [Step<'_>]) {
         let Some(w) = layer.window else { return };
         let kw = self.cfg.kv_heads * self.cfg.head_dim;
@@ -614,43 +697,122 @@ impl Model {
             let keep_from = (next + 1).saturating_sub(w);
             if keep_from > c.start + w {
                 let drop_rows = keep_from - c.start;
-                if let (Some(k), Some(v)) = (&c.dk, &c.dv) {
-                    let rows = k.dim(1).expect("a (heads, rows, dim) cache");
-                    // A copy, so that the dropped rows' memory is freed.
-                    let keep = |t: &Tensor| t.narrow(1, drop_rows, rows - drop_rows).and_then(|t| t.contiguous());
-                    if let (Ok(k), Ok(v)) = (keep(k), keep(v)) {
-                        c.dk = Some(k);
-                        c.dv = Some(v);
-                        c.start = keep_from;
-                    }
-                } else {
-                    c.k.drain(..drop_rows * kw);
-                    c.v.drain(..drop_rows * kw);
-                    c.start = keep_from;
-                }
+                c.k.drain(..drop_rows * kw);
+                c.v.drain(..drop_rows * kw);
+                c.start = keep_from;
             }
         }
     }
 
+    /// The tensor path's plan of one pass: pages for the new rows (the arena grows when
+    /// needed), where each new row goes, and per distinct window the rows each query sees.
+    fn plan(&self, arena: &mut Arena, steps: &mut [Step<'_>]) -> Result<Plan, ModelError> {
+        let kw = self.cfg.kv_heads * self.cfg.head_dim;
+        let need: usize = steps.iter().map(|st| (st.cache.len + st.tokens.len()).div_ceil(PAGE).saturating_sub(st.cache.pages.len())).sum();
+        arena.reserve(need, kw, &self.device)?;
+        let mut write = Vec::new();
+        for st in steps.iter_mut() {
+            if st.cache.arena.is_none() {
+                st.cache.arena = Some(self.arena.clone());
+            }
+            while st.cache.pages.len() * PAGE < st.cache.len + st.tokens.len() {
+                st.cache.pages.push(arena.free.pop().expect("reserved"));
+            }
+            write.extend((st.cache.len..st.cache.len + st.tokens.len()).map(|p| row_of(&st.cache.pages, p)));
+        }
+        let n = write.len();
+        let write = Tensor::from_vec(write, (n, 1), &self.device)?.broadcast_as((n, kw))?.contiguous()?;
+        let mut windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.window).collect();
+        windows.sort();
+        windows.dedup();
+        // Visible positions of the query at position p: first..=p.
+        let first = |w: Option<usize>, p: usize| w.map_or(0, |w| (p + 1).saturating_sub(w));
+        let mut decode_idx = Vec::new(); // (step, batch row)
+        let mut prefill_at = Vec::new();
+        let mut r = 0;
+        for (s, st) in steps.iter().enumerate() {
+            match st.tokens.len() {
+                0 => {}
+                1 => decode_idx.push((s, r)),
+                t => prefill_at.push((s, r, t)),
+            }
+            r += st.tokens.len();
+        }
+        let mut decode = Vec::new();
+        if !decode_idx.is_empty() {
+            let b = decode_idx.len();
+            for &w in &windows {
+                let lmax = decode_idx.iter().map(|&(s, _)| steps[s].cache.len + 1 - first(w, steps[s].cache.len)).max().unwrap_or(1);
+                let mut idx = Vec::with_capacity(b * lmax);
+                let mut mask = Vec::with_capacity(b * lmax);
+                for &(s, _) in &decode_idx {
+                    let (p, pages) = (steps[s].cache.len, &steps[s].cache.pages);
+                    let lo = first(w, p);
+                    for j in 0..lmax {
+                        let visible = lo + j <= p;
+                        idx.push(row_of(pages, if visible { lo + j } else { lo }));
+                        mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+                    }
+                }
+                decode.push((w, Tensor::from_vec(idx, b * lmax, &self.device)?, Tensor::from_vec(mask, (b, 1, 1, lmax), &self.device)?, lmax));
+            }
+        }
+        let mut prefill = Vec::new();
+        for &(s, r, t) in &prefill_at {
+            let (past, pages) = (steps[s].cache.len, &steps[s].cache.pages);
+            let mut per = Vec::new();
+            for &w in &windows {
+                let lo = first(w, past);
+                let width = past + t - lo;
+                let idx: Vec<u32> = (lo..past + t).map(|p| row_of(pages, p)).collect();
+                let mut mask = vec![0f32; t * width];
+                for j in 0..t {
+                    let (f, p) = (first(w, past + j) - lo, past + j - lo);
+                    for (i, m) in mask[j * width..(j + 1) * width].iter_mut().enumerate() {
+                        if i < f || i > p {
+                            *m = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                per.push((w, Tensor::from_vec(idx, width, &self.device)?, Tensor::from_vec(mask, (t, width), &self.device)?, width));
+            }
+            prefill.push((r, t, per));
+        }
+        let order: Vec<u32> = decode_idx.iter().map(|&(_, r)| r as u32).chain(prefill_at.iter().flat_map(|&(_, r, t)| (r..r + t).map(|x| x as u32))).collect();
+        let identity = order.iter().enumerate().all(|(i, &o)| i as u32 == o);
+        let (decode_rows, unpermute) = if identity || decode_idx.is_empty() {
+            (None, None)
+        } else {
+            let mut inv = vec![0u32; order.len()];
+            for (i, &o) in order.iter().enumerate() {
+                inv[o as usize] = i as u32;
+            }
+            let rows: Vec<u32> = decode_idx.iter().map(|&(_, r)| r as u32).collect();
+            (Some(Tensor::from_vec(rows, decode_idx.len(), &self.device)?), Some(Tensor::from_vec(inv, order.len(), &self.device)?))
+        };
+        Ok(Plan { write, decode_rows, decode, prefill, unpermute })
+    }
+
     /// Attention of one layer as tensor operations on the model's device: rotary embedding
-    /// at each row's own position, this step's keys and values appended to each sequence's
-    /// cache, then per sequence `softmax(q K^T * scale + mask) V` with grouped-query heads and
-    /// the sliding window. Returns (rows, heads * head_dim).
+    /// at each row's own position, the new keys and values scattered into the arena, then
+    /// `softmax(q K^T * scale + mask) V` with grouped-query heads, all one-token steps in one
+    /// batched product over their gathered rows, longer steps one by one. Returns (rows,
+    /// heads * head_dim).
     #[allow(clippy::too_many_arguments)]
     fn attend_tensors(
         &self,
-        l: usize,
         layer: &Layer,
         (cos, sin): &(Tensor, Tensor),
+        (ka, va): (&Tensor, &Tensor),
+        plan: &Plan,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        steps: &mut [Step<'_>],
         pos: &[usize],
     ) -> Result<Tensor, ModelError> {
         let cfg = &self.cfg;
         let (n, hd, nh, nkv) = (pos.len(), cfg.head_dim, cfg.heads, cfg.kv_heads);
-        let group = nh / nkv;
+        let (group, kw) = (nh / nkv, nkv * hd);
         let idx = Tensor::from_iter(pos.iter().map(|&p| p as u32), &self.device)?;
         let (c, s) = (cos.index_select(&idx, 0)?.unsqueeze(1)?, sin.index_select(&idx, 0)?.unsqueeze(1)?);
         // Each row is its own batch entry, so that it rotates by its own position.
@@ -663,56 +825,40 @@ impl Model {
             r.reshape((n, heads, hd))
         };
         let q = rotate(q, nh)?;
-        let k = rotate(k, nkv)?;
-        let v = v.reshape((n, nkv, hd))?;
-        let mut outs = Vec::with_capacity(steps.len());
-        let mut r = 0;
-        for st in steps.iter_mut() {
-            let t = st.tokens.len();
-            if t == 0 {
-                continue;
-            }
-            let past = st.cache.len;
-            let cache = &mut st.cache.layers[l];
-            // (kv_heads, t, head_dim), appended to the cache.
-            let kn = k.narrow(0, r, t)?.transpose(0, 1)?.contiguous()?;
-            let vn = v.narrow(0, r, t)?.transpose(0, 1)?.contiguous()?;
-            let (kc, vc) = match (&cache.dk, &cache.dv) {
-                (Some(kc), Some(vc)) => (Tensor::cat(&[kc, &kn], 1)?, Tensor::cat(&[vc, &vn], 1)?),
-                _ => {
-                    cache.start = 0;
-                    (kn, vn)
-                }
+        let k = rotate(k, nkv)?.reshape((n, kw))?;
+        ka.scatter_set(&plan.write, &k, 0)?;
+        va.scatter_set(&plan.write, &v.reshape((n, kw))?.contiguous()?, 0)?;
+        let scale = cfg.attn_scale as f64;
+        // q: (B, kv_heads, group * t, head_dim); gathered rows: (B * L, kw); mask broadcast
+        // over (B, kv_heads, group * t, L).
+        let attend = |q: &Tensor, rows: &Tensor, mask: &Tensor, b: usize, l: usize, t: usize| -> Result<Tensor, candle_core::Error> {
+            let gather = |a: &Tensor| a.index_select(rows, 0)?.reshape((b, l, nkv, hd))?.transpose(1, 2)?.contiguous();
+            let (kg, vg) = (gather(ka)?, gather(va)?);
+            let scores = (q.matmul(&kg.transpose(2, 3)?)? * scale)?;
+            let scores = scores.reshape((b, nkv, group, t, l))?.broadcast_add(&mask.reshape((b, 1, 1, t, l))?)?.reshape((b, nkv, group * t, l))?;
+            candle_nn::ops::softmax_last_dim(&scores)?.matmul(&vg)
+        };
+        let mut outs = Vec::new();
+        if let Some((_, rows, mask, l)) = plan.decode.iter().find(|d| d.0 == layer.window) {
+            let qd = match &plan.decode_rows {
+                Some(r) => q.index_select(r, 0)?,
+                None => q.narrow(0, 0, rows.dim(0)? / l)?,
             };
-            cache.dk = Some(kc.clone());
-            cache.dv = Some(vc.clone());
-            // Row j (position past + j) sees the cache rows of positions first_j..=past + j.
-            let first = |j: usize| layer.window.map_or(0, |w| (past + j + 1).saturating_sub(w)).max(cache.start);
-            let (lo, hi) = (first(0) - cache.start, past + t - cache.start);
-            let (kc, vc) = (kc.narrow(1, lo, hi - lo)?, vc.narrow(1, lo, hi - lo)?);
-            let width = hi - lo;
-            // (kv_heads, group * t, head_dim): the query heads of one key head, row-major.
-            let qs = q.narrow(0, r, t)?.transpose(0, 1)?.reshape((nkv, group * t, hd))?.contiguous()?;
-            let mut scores = (qs.matmul(&kc.t()?.contiguous()?)? * cfg.attn_scale as f64)?;
-            if t > 1 {
-                let mut mask = vec![0f32; t * width];
-                for j in 0..t {
-                    let (f, p) = (first(j) - cache.start - lo, past + j - cache.start - lo);
-                    for (i, m) in mask[j * width..(j + 1) * width].iter_mut().enumerate() {
-                        if i < f || i > p {
-                            *m = f32::NEG_INFINITY;
-                        }
-                    }
-                }
-                let mask = Tensor::from_vec(mask, (t, width), &self.device)?;
-                scores = scores.reshape((nkv, group, t, width))?.broadcast_add(&mask)?.reshape((nkv, group * t, width))?;
-            }
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let o = probs.matmul(&vc.contiguous()?)?; // (kv_heads, group * t, head_dim)
-            outs.push(o.reshape((nh, t, hd))?.transpose(0, 1)?.reshape((t, nh * hd))?);
-            r += t;
+            let b = qd.dim(0)?;
+            let o = attend(&qd.reshape((b, nkv, group, hd))?, rows, mask, b, *l, 1)?;
+            outs.push(o.reshape((b, nh * hd))?);
         }
-        Ok(Tensor::cat(&outs, 0)?)
+        for (r, t, per) in &plan.prefill {
+            let (_, rows, mask, width) = per.iter().find(|d| d.0 == layer.window).expect("a plan for every window");
+            let qs = q.narrow(0, *r, *t)?.transpose(0, 1)?.reshape((1, nkv, group * t, hd))?.contiguous()?;
+            let o = attend(&qs, rows, mask, 1, *width, *t)?; // (1, kv_heads, group * t, head_dim)
+            outs.push(o.reshape((nh, *t, hd))?.transpose(0, 1)?.reshape((*t, nh * hd))?);
+        }
+        let out = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? };
+        Ok(match &plan.unpermute {
+            Some(inv) => out.index_select(inv, 0)?,
+            None => out,
+        })
     }
 
     /// Logits (rows, vocab) for hidden states (rows, hidden).

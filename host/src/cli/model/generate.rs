@@ -72,6 +72,21 @@ pub struct GenerateCommand {
     /// Top-k (0 = off).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// Print the generation's throughput on stderr (one JSON line: sequences, prompt and
+    /// generated tokens, seconds, tokens per second; the model load excluded).
+    #[arg(long)]
+    pub stats: bool,
+}
+
+/// One JSON line on stderr: what a command computed and how fast (model load excluded).
+fn print_stats(what: &str, device: crate::model::DeviceSpec, batch: usize, sequences: usize, prompt_tokens: usize, new_tokens: usize, secs: f64) {
+    let line = serde_json::json!({
+        "stats": what, "device": device.to_string(), "batch": batch, "sequences": sequences,
+        "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "seconds": secs,
+        "new_tokens_per_second": new_tokens as f64 / secs.max(1e-9),
+        "sequences_per_second": sequences as f64 / secs.max(1e-9),
+    });
+    eprintln!("{line}");
 }
 
 impl GenerateCommand {
@@ -80,7 +95,13 @@ impl GenerateCommand {
         let reqs: Vec<GenRequest> = read_jsonl(&self.input)?;
         let engine = self.model.load()?;
         let sampling = SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k };
+        let t = std::time::Instant::now();
         let out = engine.generate(&reqs, &sampling, BatchOptions { max_batch: self.model.batch }, &mut |_, _| {})?;
+        if self.stats {
+            let prompt: usize = out.iter().map(|g| g.prompt_tokens as usize).sum();
+            let new: usize = out.iter().map(|g| g.completion_tokens as usize).sum();
+            print_stats("generate", self.model.device, self.model.batch, out.len(), prompt, new, t.elapsed().as_secs_f64());
+        }
         let mut w = std::io::BufWriter::new(std::io::stdout().lock());
         for g in out {
             writeln!(w, "{}", serde_json::to_string(&g)?)?;
@@ -99,6 +120,9 @@ pub struct ScoreCommand {
     /// The model.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Print the scoring throughput on stderr (see `kiln model generate --stats`).
+    #[arg(long)]
+    pub stats: bool,
 }
 
 impl ScoreCommand {
@@ -106,7 +130,11 @@ impl ScoreCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let reqs: Vec<ScoreRequest> = read_jsonl(&self.input)?;
         let engine = self.model.load()?;
+        let t = std::time::Instant::now();
         let out = engine.score(&reqs, BatchOptions { max_batch: self.model.batch })?;
+        if self.stats {
+            print_stats("score", self.model.device, self.model.batch, out.len(), 0, 0, t.elapsed().as_secs_f64());
+        }
         let mut w = std::io::BufWriter::new(std::io::stdout().lock());
         for s in out {
             writeln!(w, "{}", serde_json::to_string(&s)?)?;
