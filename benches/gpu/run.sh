@@ -15,6 +15,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 want=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+kiln=/tmp/kiln-cuda
+if [ -f .cuda-carry/kiln.xz ]; then xz -dc .cuda-carry/kiln.xz >"$kiln"; chmod +x "$kiln"; fi
 store="${KILN_GGUF_STORE:-/tmp/kiln-gguf-parts}"
 mkdir -p "$store"
 for p in .gguf/part.*; do
@@ -31,8 +33,6 @@ if [ ! -f "$gguf" ]; then
         exit 0
     fi
 fi
-kiln=/tmp/kiln-cuda
-[ -x "$kiln" ] || { xz -dc .cuda-carry/kiln.xz >"$kiln"; chmod +x "$kiln"; }
 eval "$(bash scripts/cuda-libs.sh)"
 out="${OUT:-/tmp/gpu-out}"
 mkdir -p "$out"

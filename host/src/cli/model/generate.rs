@@ -73,7 +73,8 @@ pub struct GenerateCommand {
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
     /// Print the generation's throughput on stderr (one JSON line: sequences, prompt and
-    /// generated tokens, seconds, tokens per second; the model load excluded).
+    /// generated tokens, seconds, tokens per second), timed after one short warm-up request;
+    /// the model load excluded.
     #[arg(long)]
     pub stats: bool,
 }
@@ -95,6 +96,14 @@ impl GenerateCommand {
         let reqs: Vec<GenRequest> = read_jsonl(&self.input)?;
         let engine = self.model.load()?;
         let sampling = SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k };
+        if self.stats {
+            // One short request first, so that one-time costs (an accelerator's kernel loads,
+            // its library handles) stay out of the figure.
+            if let Some(r) = reqs.first() {
+                let warm = GenRequest { max_tokens: r.max_tokens.min(2), ..r.clone() };
+                engine.generate(std::slice::from_ref(&warm), &sampling, BatchOptions { max_batch: 1 }, &mut |_, _| {})?;
+            }
+        }
         let t = std::time::Instant::now();
         let out = engine.generate(&reqs, &sampling, BatchOptions { max_batch: self.model.batch }, &mut |_, _| {})?;
         if self.stats {
@@ -130,6 +139,10 @@ impl ScoreCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let reqs: Vec<ScoreRequest> = read_jsonl(&self.input)?;
         let engine = self.model.load()?;
+        if self.stats {
+            // As for generate: one request first, out of the figure.
+            engine.score(&reqs[..reqs.len().min(1)], BatchOptions { max_batch: 1 })?;
+        }
         let t = std::time::Instant::now();
         let out = engine.score(&reqs, BatchOptions { max_batch: self.model.batch })?;
         if self.stats {
