@@ -325,3 +325,35 @@ fn tensor_attention_gives_the_per_row_logits() {
         assert!(err.to_string().contains("cached by tensor attention"), "{err}");
     }
 }
+
+/// `--device`: a bad name and CUDA in a CPU build are one-line errors that name the device;
+/// `--stats` prints one JSON line of throughput on stderr and leaves stdout as it was.
+#[test]
+fn cli_device_and_stats() {
+    let (d, path) = tiny_file(&Tiny::gemma3(), "tiny.gguf");
+    let input = d.path().join("gen.jsonl");
+    std::fs::write(&input, "{\"id\": \"a\", \"prompt\": \"the cat\", \"max_tokens\": 5, \"seed\": 1}\n{\"id\": \"b\", \"prompt\": \"a bird\", \"max_tokens\": 4, \"seed\": 2}\n").unwrap();
+    let run = |extra: &[&str]| {
+        let mut c = crate::common::kiln();
+        c.args(["model", "generate", "--input"]).arg(&input).arg("--model").arg(&path).args(extra);
+        c.output().unwrap()
+    };
+    let o = run(&["--device", "tpu"]);
+    assert!(!o.status.success());
+    assert!(crate::common::text(&o).contains("unknown device \"tpu\""), "{}", crate::common::text(&o));
+    if !cfg!(feature = "cuda") {
+        let o = run(&["--device", "cuda:1"]);
+        assert!(!o.status.success());
+        let t = crate::common::text(&o);
+        assert!(t.contains("device cuda:1") && t.contains("without CUDA"), "{t}");
+    }
+    let plain = run(&[]);
+    let stats = run(&["--stats", "--device", "cpu"]);
+    assert!(plain.status.success() && stats.status.success(), "{}", crate::common::text(&stats));
+    assert_eq!(plain.stdout, stats.stdout);
+    let line: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&stats.stderr).lines().last().unwrap()).unwrap();
+    assert_eq!((line["stats"].as_str(), line["device"].as_str(), line["sequences"].as_u64()), (Some("generate"), Some("cpu"), Some(2)));
+    let out: Vec<serde_json::Value> = String::from_utf8_lossy(&plain.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let made: u64 = out.iter().map(|g| g["completion_tokens"].as_u64().unwrap()).sum();
+    assert_eq!(line["new_tokens"].as_u64(), Some(made));
+}
