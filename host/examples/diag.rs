@@ -3,7 +3,7 @@ use kiln::model::*;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (name, path) = (&args[1], &args[2]);
-    let e = Engine::load(std::path::Path::new(path), &LoadOptions { allow_chat_template: true }).unwrap();
+    let e = Engine::load(std::path::Path::new(path), &LoadOptions { allow_chat_template: true, ..Default::default() }).unwrap();
     let text = std::fs::read_to_string("tests/fixtures/model/expected.json").unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mut all = Vec::new();
