@@ -51,16 +51,20 @@ for i in range(n):
 PY
 }
 
+on_both() { # COMMAND NAME BATCH: `kiln model COMMAND` on $out/NAME.jsonl on the CPU and on CUDA
+    for d in cpu cuda; do
+        "$kiln" model "$1" --model "$gguf" --device $d --batch "$3" --input "$out/$2.jsonl" --stats >"$out/$2-$d.jsonl" 2>"$out/$2-$d.err" || { cat "$out/$2-$d.err"; exit 1; }
+        tail -1 "$out/$2-$d.err"
+    done
+}
+
 case "${1:-check}" in
 check)
     # Greedy continuations and log-probs, CPU build path vs CUDA, same binary and file.
     prompts 12 | python3 -c 'import sys,json
 for l in sys.stdin:
     r=json.loads(l); r["max_tokens"]=32; print(json.dumps(r))' >"$out/greedy.jsonl"
-    for d in cpu cuda; do
-        "$kiln" model generate --model "$gguf" --device $d --batch 16 --input "$out/greedy.jsonl" --stats >"$out/greedy-$d.jsonl" 2>"$out/greedy-$d.err" || { cat "$out/greedy-$d.err"; exit 1; }
-        tail -1 "$out/greedy-$d.err"
-    done
+    on_both generate greedy 16
     python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
@@ -81,10 +85,7 @@ for i in range(64):
     q = f"Question {i}: is the following instruction clear and useful? 'Write about topic number {i} in {i % 5 + 2} sentences.'\nAnswer A for yes, B for no.\nAnswer:"
     print(json.dumps({"id": f"s{i}", "prompt": q, "candidates": [" A", " B"]}))
 PY
-    for d in cpu cuda; do
-        "$kiln" model score --model "$gguf" --device $d --batch 64 --input "$out/score.jsonl" --stats >"$out/score-$d.jsonl" 2>"$out/score-$d.err" || { cat "$out/score-$d.err"; exit 1; }
-        tail -1 "$out/score-$d.err"
-    done
+    on_both score score 64
     python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]

@@ -113,7 +113,8 @@ impl Linear {
     fn from_arc(q: Arc<QTensor>) -> Result<Linear, candle_core::Error> {
         let (out_features, in_features) = q.shape().dims2()?;
         let kernel = qmm::Kind::of(q.dtype());
-        let pad_single = kernel.is_none() && !single_row_consistent(q.dtype());
+        // The probe is of candle's CPU kernels; other devices have their own.
+        let pad_single = kernel.is_none() && q.device().is_cpu() && !single_row_consistent(q.dtype());
         Ok(Linear { weight: QMatMul::from_arc(q.clone())?, raw: q, kernel, pad_single, in_features, out_features, adapter: None })
     }
 
