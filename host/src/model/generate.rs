@@ -3,13 +3,12 @@
 
 use std::collections::VecDeque;
 
-use candle_core::{Device, Tensor};
-use candle_transformers::generation::{LogitsProcessor, Sampling};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::engine::Engine;
 use super::error::ModelError;
+use super::sample::Sampler;
 use super::transformer::{log_softmax, SeqCache, Step, Want};
 
 /// Sampling parameters. `temperature` 0 means greedy.
@@ -40,19 +39,6 @@ impl SamplingParams {
             return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
         Ok(())
-    }
-
-    fn sampling(&self) -> Sampling {
-        if self.temperature <= 0.0 {
-            return Sampling::ArgMax;
-        }
-        let temperature = self.temperature;
-        match (self.top_k > 0, self.top_p < 1.0) {
-            (false, false) => Sampling::All { temperature },
-            (true, false) => Sampling::TopK { k: self.top_k, temperature },
-            (false, true) => Sampling::TopP { p: self.top_p, temperature },
-            (true, true) => Sampling::TopKThenTopP { k: self.top_k, p: self.top_p, temperature },
-        }
     }
 }
 
@@ -130,7 +116,7 @@ struct Active {
     cache: SeqCache,
     feed: Vec<u32>,
     generated: Vec<u32>,
-    proc: LogitsProcessor,
+    sampler: Sampler,
     prompt_len: usize,
 }
 
@@ -213,7 +199,7 @@ impl Engine {
                     prompt_len: ids.len(),
                     feed: ids,
                     generated: Vec::new(),
-                    proc: LogitsProcessor::from_sampling(r.seed, sampling.sampling()),
+                    sampler: Sampler::new(r.seed, *sampling),
                 });
             }
             if active.is_empty() {
@@ -232,8 +218,9 @@ impl Engine {
                 .zip(logits)
                 .map(|(a, rows)| {
                     let row = rows.into_iter().next().expect("one logits row per step");
-                    let t = Tensor::from_vec(row, self.model.cfg.vocab, &Device::Cpu)?;
-                    let tok = a.proc.sample(&t)?;
+                    let tok = a.sampler.sample(&row).ok_or_else(|| {
+                        ModelError::Request(format!("request \"{}\": the model gave no finite logit (all NaN or -inf) after {} generated tokens", reqs[a.idx].id, a.generated.len()))
+                    })?;
                     a.generated.push(tok);
                     let r = &reqs[a.idx];
                     if eos.contains(&tok) {

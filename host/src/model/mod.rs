@@ -9,6 +9,7 @@ pub mod generate;
 pub mod fetch;
 pub mod guard;
 pub mod qmm;
+pub mod sample;
 pub mod tokenizer;
 pub mod transformer;
 
