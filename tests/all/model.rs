@@ -326,6 +326,50 @@ fn tensor_attention_gives_the_per_row_logits() {
     }
 }
 
+/// With tensor attention the logits are reduced on the device: the sampler gets only the
+/// entries that can hold its candidates, scoring only the scored tokens' log-probabilities.
+/// Both give what whole rows on the host give: the same tokens for greedy and top-k sampling
+/// (top-p, full sampling and a large k take whole rows), the same scores to f32 rounding.
+#[test]
+fn device_reductions_give_what_whole_rows_give() {
+    for t in [Tiny::gemma3(), Tiny::llama()] {
+        let (_d, mut e) = load(&t);
+        e.model.set_tensor_attention(true).unwrap();
+        let reqs: Vec<GenRequest> = ["the cat", "a bird sat", "on the", "dogs and cats and", "x"]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| GenRequest { id: i.to_string(), prompt: p.to_string(), stop: vec![], max_tokens: 12 + i as u32, seed: 40 + i as u64, stop_after_text: false })
+            .collect();
+        let samplings = [
+            SamplingParams::default(),
+            SamplingParams { temperature: 0.9, top_p: 1.0, top_k: 1 },
+            SamplingParams { temperature: 0.9, top_p: 0.9, top_k: 8 },
+            SamplingParams { temperature: 1.4, top_p: 1.0, top_k: 40 },
+        ];
+        let scores: Vec<ScoreRequest> = [("the cat", vec![" A", " B"]), ("a bird", vec![" sat on", " the", " x y z"])]
+            .iter()
+            .map(|(p, c)| ScoreRequest { id: p.to_string(), prompt: p.to_string(), candidates: c.iter().map(|s| s.to_string()).collect() })
+            .collect();
+        let mut outs = Vec::new();
+        for on in [true, false] {
+            e.model.set_device_reductions(on);
+            assert_eq!(e.model.device_reductions(), on);
+            let gens: Vec<Vec<Generated>> = samplings.iter().map(|s| e.generate(&reqs, s, BatchOptions { max_batch: 3 }, &mut |_, _| {}).unwrap()).collect();
+            outs.push((gens, e.score(&scores, BatchOptions { max_batch: 2 }).unwrap()));
+        }
+        let ((g_on, s_on), (g_off, s_off)) = (&outs[0], &outs[1]);
+        assert_eq!(g_on, g_off, "{}: generation with device reductions", t.arch);
+        for (a, b) in s_on.iter().zip(s_off) {
+            assert_eq!(a.tokens, b.tokens);
+            for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{}: scores {:?} vs {:?}", t.arch, a.logprobs, b.logprobs);
+            }
+        }
+        // The sampled runs did sample: they differ from greedy.
+        assert_ne!(g_on[0], g_on[3], "{}", t.arch);
+    }
+}
+
 /// `--device`: a bad name and CUDA in a CPU build are one-line errors that name the device;
 /// `--stats` prints one JSON line of throughput on stderr and leaves stdout as it was.
 #[test]
@@ -356,4 +400,12 @@ fn cli_device_and_stats() {
     let out: Vec<serde_json::Value> = String::from_utf8_lossy(&plain.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let made: u64 = out.iter().map(|g| g["completion_tokens"].as_u64().unwrap()).sum();
     assert_eq!(line["new_tokens"].as_u64(), Some(made));
+    // --profile adds the phases (each with its seconds and calls); same output.
+    let prof = run(&["--stats", "--profile"]);
+    assert_eq!(prof.stdout, plain.stdout);
+    let line: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&prof.stderr).lines().last().unwrap()).unwrap();
+    for phase in ["embed", "qkv", "o+ffn", "logits", "to-host", "sample"] {
+        assert!(line["phases"][phase]["calls"].as_u64().unwrap_or(0) > 0, "phase {phase}: {line}");
+    }
+    assert_eq!(line["phases"]["embed"]["calls"], line["phases"]["sample"]["calls"], "one embedding per step: {line}");
 }

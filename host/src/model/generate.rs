@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::Engine;
 use super::error::ModelError;
+use super::profile::phase;
 use super::sample::Sampler;
 use super::transformer::{log_softmax, SeqCache, Step, Want};
 
@@ -111,6 +112,13 @@ impl Default for BatchOptions {
     }
 }
 
+/// What the model gives the sampler for one sequence: its whole logits row, or the entries
+/// of it that hold the sampler's candidates.
+enum Logits {
+    Row(Vec<f32>),
+    Entries(Vec<(f32, u32)>),
+}
+
 struct Active {
     idx: usize,
     cache: SeqCache,
@@ -166,6 +174,9 @@ impl Engine {
         let mut pending: VecDeque<usize> = (0..reqs.len()).collect();
         let mut active: Vec<Active> = Vec::new();
         let limit = self.model.max_positions();
+        // With device reductions, the device sends only what the sampler needs of each row.
+        let needed = if self.model.device_reductions() { Sampler::new(0, *sampling).candidates_needed(self.model.cfg.vocab) } else { None };
+        let dev = self.model.device().clone();
         loop {
             while active.len() < opts.max_batch.max(1) {
                 let Some(idx) = pending.pop_front() else { break };
@@ -205,20 +216,26 @@ impl Engine {
             if active.is_empty() {
                 break;
             }
-            let logits = {
+            let logits: Vec<Logits> = {
                 let mut steps: Vec<Step<'_>> = active
                     .iter_mut()
                     .map(|a| Step { cache: &mut a.cache, tokens: &a.feed, want: Want::Last })
                     .collect();
-                self.model.forward(&mut steps)?
+                match needed {
+                    Some(k) => self.model.forward_top(&mut steps, k)?.into_iter().map(Logits::Entries).collect(),
+                    None => self.model.forward(&mut steps)?.into_iter().map(|rows| Logits::Row(rows.into_iter().next().expect("one logits row per step"))).collect(),
+                }
             };
             // Sampling and the stop checks of each sequence are its own: in parallel.
-            let dones: Vec<Result<Option<(String, Finish, Option<String>)>, ModelError>> = active
+            let dones: Vec<Result<Option<(String, Finish, Option<String>)>, ModelError>> = phase(&dev, "sample", || active
                 .par_iter_mut()
                 .zip(logits)
-                .map(|(a, rows)| {
-                    let row = rows.into_iter().next().expect("one logits row per step");
-                    let tok = a.sampler.sample(&row).ok_or_else(|| {
+                .map(|(a, logits)| {
+                    let tok = match &logits {
+                        Logits::Row(row) => a.sampler.sample(row),
+                        Logits::Entries(e) => a.sampler.sample_candidates(e),
+                    };
+                    let tok = tok.ok_or_else(|| {
                         ModelError::Request(format!("request \"{}\": the model gave no finite logit (all NaN or -inf) after {} generated tokens", reqs[a.idx].id, a.generated.len()))
                     })?;
                     a.generated.push(tok);
@@ -237,7 +254,7 @@ impl Engine {
                         None
                     })
                 })
-                .collect();
+                .collect());
             let mut finished = Vec::new();
             for (slot, (a, done)) in active.iter_mut().zip(dones).enumerate() {
                 let r = &reqs[a.idx];
@@ -328,14 +345,31 @@ impl Engine {
         }
         for chunk in jobs.chunks(opts.max_batch.max(1)) {
             let mut caches: Vec<SeqCache> = chunk.iter().map(|_| self.model.new_cache()).collect();
-            let logits = {
-                let mut steps: Vec<Step<'_>> = caches
-                    .iter_mut()
-                    .zip(chunk)
-                    .map(|(c, j)| Step { cache: c, tokens: &j.tokens, want: Want::Rows(j.want.clone()) })
+            let mut steps: Vec<Step<'_>> = caches
+                .iter_mut()
+                .zip(chunk)
+                .map(|(c, j)| Step { cache: c, tokens: &j.tokens, want: Want::Rows(j.want.clone()) })
+                .collect();
+            if self.model.device_reductions() {
+                // Only the scored tokens' log-probabilities come back from the device.
+                let targets: Vec<Vec<Vec<u32>>> = chunk
+                    .iter()
+                    .map(|job| match job.cand {
+                        None => vec![job.targets.iter().map(|t| t[0]).collect()],
+                        Some(_) => job.targets[0].iter().map(|&t| vec![t]).collect(),
+                    })
                     .collect();
-                self.model.forward(&mut steps)?
-            };
+                let lps = self.model.forward_logprobs(&mut steps, &targets)?;
+                for (job, rows) in chunk.iter().zip(lps) {
+                    match job.cand {
+                        None => out[job.req].logprobs = rows[0].clone(),
+                        Some(k) => out[job.req].logprobs[k] = rows.iter().map(|r| r[0]).sum(),
+                    }
+                }
+                continue;
+            }
+            let logits = self.model.forward(&mut steps)?;
+            drop(steps);
             for (job, rows) in chunk.iter().zip(logits) {
                 match job.cand {
                     None => {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod generate;
 pub mod fetch;
 pub mod guard;
+pub mod profile;
 pub mod qmm;
 pub mod sample;
 pub mod tokenizer;

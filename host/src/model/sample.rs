@@ -58,34 +58,54 @@ pub fn argmax(logits: &[f32]) -> Option<u32> {
     at
 }
 
+/// The k first entries offered, in candidate order. Entries must be offered in increasing
+/// id order: then a later entry equal to the k-th never displaces it, and once the buffer is
+/// full only a strictly larger value gets in.
+struct Best {
+    buf: Vec<(f32, u32)>,
+    k: usize,
+    floor: f32,
+}
+
+impl Best {
+    fn new(k: usize) -> Best {
+        Best { buf: Vec::with_capacity(k + 1), k, floor: f32::NEG_INFINITY }
+    }
+
+    fn full(&self) -> bool {
+        self.buf.len() == self.k
+    }
+
+    fn offer(&mut self, v: f32, id: u32) {
+        if self.full() && !(v > self.floor) || !v.is_finite() {
+            return;
+        }
+        let e = (v, id);
+        let at = self.buf.partition_point(|&x| before(x, e));
+        self.buf.insert(at, e);
+        self.buf.truncate(self.k);
+        if self.full() {
+            self.floor = self.buf[self.k - 1].0;
+        }
+    }
+}
+
 /// The `k` first entries of `row` in candidate order (non-finite entries skipped), sorted.
 fn top_k(row: &[f32], k: usize) -> Vec<(f32, u32)> {
     if k == 0 {
         return Vec::new();
     }
     if k <= INSERTION_LIMIT {
-        // Entries come in id order, so a later entry equal to the k-th never displaces it:
-        // once the buffer is full, only a strictly larger value gets in.
-        let mut buf: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
-        let mut floor = f32::NEG_INFINITY;
+        let mut best = Best::new(k);
         for (c, block) in row.chunks(BLOCK).enumerate() {
-            if buf.len() == k && !(block_max(block) > floor) {
+            if best.full() && !(block_max(block) > best.floor) {
                 continue;
             }
             for (j, &v) in block.iter().enumerate() {
-                if buf.len() == k && !(v > floor) || !v.is_finite() {
-                    continue;
-                }
-                let e = (v, (c * BLOCK + j) as u32);
-                let at = buf.partition_point(|&x| before(x, e));
-                buf.insert(at, e);
-                buf.truncate(k);
-                if buf.len() == k {
-                    floor = buf[k - 1].0;
-                }
+                best.offer(v, (c * BLOCK + j) as u32);
             }
         }
-        buf
+        best.buf
     } else {
         let mut all: Vec<(f32, u32)> = row.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| (v, i as u32)).collect();
         let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
@@ -96,6 +116,30 @@ fn top_k(row: &[f32], k: usize) -> Vec<(f32, u32)> {
         all.sort_unstable_by(order);
         all
     }
+}
+
+/// The `k` first of (value, id) entries given in increasing id order, sorted.
+fn top_k_of_entries(entries: &[(f32, u32)], k: usize) -> Vec<(f32, u32)> {
+    let mut best = Best::new(k.max(1));
+    for &(v, id) in entries {
+        best.offer(v, id);
+    }
+    best.buf.truncate(k);
+    best.buf
+}
+
+/// Which blocks of `size` entries of a row can hold its `k` first entries, given each block's
+/// maximum: every block whose maximum is not below the k-th largest finite maximum (a block of
+/// NaN or +inf included, a block of -inf never). An entry in any other block has k larger
+/// entries - the maxima of k blocks - before it.
+pub fn blocks_for_top_k(maxima: &[f32], k: usize) -> Vec<usize> {
+    let mut finite: Vec<f32> = maxima.iter().copied().filter(|m| m.is_finite()).collect();
+    let threshold = if finite.len() > k && k > 0 {
+        *finite.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a)).1
+    } else {
+        f32::NEG_INFINITY
+    };
+    (0..maxima.len()).filter(|&j| !(maxima[j] < threshold) && maxima[j] != f32::NEG_INFINITY).collect()
 }
 
 /// The first entry whose running sum of weights passes `target`; the last one if rounding
@@ -118,6 +162,20 @@ impl Sampler {
         Sampler { params, rng: StdRng::seed_from_u64(seed) }
     }
 
+    /// How many first candidates of a row suffice for this sampler (greedy: 1; top-k: k), so
+    /// that a device can send those instead of the whole row (see
+    /// [`Sampler::sample_candidates`]); None when the whole row of `vocab` entries is needed.
+    pub fn candidates_needed(&self, vocab: usize) -> Option<usize> {
+        let p = self.params;
+        if p.temperature <= 0.0 || p.top_k == 1 {
+            Some(1)
+        } else if p.top_k > 0 && p.top_k < vocab && p.top_k <= INSERTION_LIMIT {
+            Some(p.top_k)
+        } else {
+            None
+        }
+    }
+
     /// The next token for one row of logits; None when the row has no finite logit.
     ///
     /// With temperature T, a token's weight is exp((logit - max) / T). top-k keeps the k
@@ -130,30 +188,51 @@ impl Sampler {
         if p.temperature <= 0.0 || p.top_k == 1 {
             return argmax(logits);
         }
-        let inv_t = 1.0 / p.temperature;
         let u: f64 = self.rng.random::<f64>();
-        // Candidates in candidate order with their weights, and the normaliser of top-p.
-        let (candidates, z): (Vec<(u32, f64)>, f64) = if p.top_k > 0 && p.top_k < logits.len() {
+        if p.top_k > 0 && p.top_k < logits.len() {
             // The ranking does not depend on T: select on the raw logits.
-            let top = top_k(logits, p.top_k);
-            let max = top.first()?.0;
-            let c: Vec<(u32, f64)> = top.iter().map(|&(v, i)| (i, (f64::from(v - max) * inv_t).exp())).collect();
-            let z = c.iter().map(|c| c.1).sum();
-            (c, z)
-        } else {
-            let max = logits[argmax(logits)? as usize];
-            let w: Vec<f32> = logits.iter().map(|&v| if v.is_finite() { ((v - max) * inv_t as f32).exp() } else { 0.0 }).collect();
-            let z: f64 = w.iter().map(|&x| f64::from(x)).sum();
-            if p.top_p >= 1.0 {
-                return pick(w.iter().enumerate().map(|(i, &x)| (i as u32, f64::from(x))), u * z);
-            }
-            (nucleus_candidates(&w, z, p.top_p), z)
-        };
+            return self.from_top(&top_k(logits, p.top_k), u);
+        }
+        let inv_t = 1.0 / p.temperature;
+        let max = logits[argmax(logits)? as usize];
+        let w: Vec<f32> = logits.iter().map(|&v| if v.is_finite() { ((v - max) * inv_t as f32).exp() } else { 0.0 }).collect();
+        let z: f64 = w.iter().map(|&x| f64::from(x)).sum();
+        if p.top_p >= 1.0 {
+            return pick(w.iter().enumerate().map(|(i, &x)| (i as u32, f64::from(x))), u * z);
+        }
+        self.nucleus(&nucleus_candidates(&w, z, p.top_p), z, u)
+    }
+
+    /// The same choice as [`Sampler::sample`] on the whole row, from entries of the row that
+    /// include its first [`Sampler::candidates_needed`] candidates, given as (logit, id) in
+    /// increasing id order. Only for a sampler that has a `candidates_needed`.
+    pub fn sample_candidates(&mut self, entries: &[(f32, u32)]) -> Option<u32> {
+        let p = self.params;
+        if p.temperature <= 0.0 || p.top_k == 1 {
+            return top_k_of_entries(entries, 1).first().map(|e| e.1);
+        }
+        let u: f64 = self.rng.random::<f64>();
+        self.from_top(&top_k_of_entries(entries, p.top_k), u)
+    }
+
+    /// Sample from the top-k candidates (sorted) with the uniform draw `u`.
+    fn from_top(&self, top: &[(f32, u32)], u: f64) -> Option<u32> {
+        let inv_t = 1.0 / self.params.temperature;
+        let max = top.first()?.0;
+        let c: Vec<(u32, f64)> = top.iter().map(|&(v, i)| (i, (f64::from(v - max) * inv_t).exp())).collect();
+        let z = c.iter().map(|c| c.1).sum();
+        self.nucleus(&c, z, u)
+    }
+
+    /// Keep candidates (in candidate order, with weights) while the mass before them is under
+    /// top_p of `z`, then pick one with the uniform draw `u`.
+    fn nucleus(&self, candidates: &[(u32, f64)], z: f64, u: f64) -> Option<u32> {
+        let top_p = self.params.top_p;
         let mut mass = 0.0;
         let kept: Vec<(u32, f64)> = candidates
             .iter()
             .take_while(|c| {
-                let keep = mass < p.top_p * z;
+                let keep = mass < top_p * z;
                 mass += c.1;
                 keep
             })
@@ -277,6 +356,48 @@ mod tests {
         let ids: Vec<u32> = (0..200).map(|_| s.sample(&flat).unwrap()).collect();
         assert!(ids.iter().all(|&i| i < 25_001), "ties go to the lower ids: {:?}", ids.iter().max());
         assert!(ids.iter().any(|&i| i > 12_000));
+    }
+
+    /// The entries of the blocks a device would send for `k` candidates, in id order.
+    fn block_entries(row: &[f32], size: usize, k: usize) -> Vec<(f32, u32)> {
+        let maxima: Vec<f32> = row.chunks(size).map(|b| b.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))).collect();
+        blocks_for_top_k(&maxima, k).into_iter().flat_map(|j| (j * size..((j + 1) * size).min(row.len())).map(|i| (row[i], i as u32))).collect()
+    }
+
+    #[test]
+    fn candidates_from_blocks_give_the_whole_row_choice() {
+        let mut x = 0x9E37_79B9u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for trial in 0..40 {
+            let n = 500 + (next() % 3000) as usize;
+            // Coarse values, so that ties (also across blocks) are common; some -inf and NaN.
+            let row: Vec<f32> = (0..n)
+                .map(|_| match next() % 50 {
+                    0 => f32::NEG_INFINITY,
+                    1 => f32::NAN,
+                    r => (r % 12) as f32 * 0.5 - (next() % 3) as f32,
+                })
+                .collect();
+            for p in [params(0.0, 1.0, 0), params(0.8, 1.0, 1), params(0.7, 0.9, 40), params(1.3, 1.0, 5), params(0.5, 0.6, 128)] {
+                let mut a = Sampler::new(trial, p);
+                let mut b = Sampler::new(trial, p);
+                let k = a.candidates_needed(n).expect("greedy and small top-k need candidates only");
+                let entries = block_entries(&row, 1 + trial as usize % 64, k);
+                for _ in 0..5 {
+                    assert_eq!(a.sample(&row), b.sample_candidates(&entries), "trial {trial}, {p:?}");
+                }
+            }
+        }
+        // Whole rows are needed for top-p alone, for full sampling and for large k.
+        assert_eq!(Sampler::new(0, params(0.7, 0.9, 0)).candidates_needed(1000), None);
+        assert_eq!(Sampler::new(0, params(0.7, 1.0, 0)).candidates_needed(1000), None);
+        assert_eq!(Sampler::new(0, params(0.7, 1.0, 500)).candidates_needed(1000), None);
+        assert_eq!(Sampler::new(0, params(0.7, 1.0, 5)).candidates_needed(5), None);
     }
 
     #[test]

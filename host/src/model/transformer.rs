@@ -14,6 +14,7 @@ use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use rayon::prelude::*;
 
+use super::profile::phase;
 use super::config::{Arch, ModelConfig, RopeStyle};
 use super::error::ModelError;
 use super::qmm;
@@ -379,6 +380,9 @@ pub struct Model {
     /// The tensor path's KV arena.
     arena: Arc<Mutex<Arena>>,
     device: Device,
+    /// Sampling candidates and scoring log-probabilities reduced on the device (on by default
+    /// with tensor attention); off, whole logits rows go to the host.
+    device_reductions: bool,
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, candle_core::Error> {
@@ -476,7 +480,7 @@ impl Model {
         let empty = || Tensor::zeros((0, cfg.kv_heads * cfg.head_dim), DType::F32, &device);
         let arena = Arena { k: (0..cfg.layers).map(|_| empty()).collect::<Result<_, _>>()?, v: (0..cfg.layers).map(|_| empty()).collect::<Result<_, _>>()?, pages: 0, free: Vec::new() };
         let arena = Arc::new(Mutex::new(arena));
-        let mut model = Model { cfg, path: path.to_path_buf(), embed, layers, final_norm, output, ropes, rope_tensors: None, arena, device };
+        let mut model = Model { cfg, path: path.to_path_buf(), embed, layers, final_norm, output, ropes, rope_tensors: None, arena, device, device_reductions: true };
         if !model.device.is_cpu() {
             model.set_tensor_attention(true)?;
         }
@@ -508,6 +512,18 @@ impl Model {
             None
         };
         Ok(())
+    }
+
+    /// With tensor attention, reduce logits on the device (the next token's candidates, the
+    /// scored tokens' log-probabilities) instead of sending whole rows to the host: on by
+    /// default; off is the reference the reductions are tested against.
+    pub fn set_device_reductions(&mut self, on: bool) {
+        self.device_reductions = on;
+    }
+
+    /// True when logits are reduced on the device (see [`Model::set_device_reductions`]).
+    pub fn device_reductions(&self) -> bool {
+        self.device_reductions && self.tensor_attention()
     }
 
     /// True when attention runs as tensor operations (see [`Model::set_tensor_attention`]).
@@ -577,92 +593,106 @@ impl Model {
         if n == 0 {
             return Ok(Tensor::zeros((0, cfg.hidden), DType::F32, &self.device)?);
         }
-        let mut x = self.embed(&ids)?;
+        let dev = &self.device;
+        let mut x = phase(dev, "embed", || self.embed(&ids))?;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
         // The tensor path holds the arena for the whole pass.
         let mut arena = if self.tensor_attention() { Some(self.arena.lock().map_err(|_| ModelError::Request("the KV arena was poisoned by a failed pass".into()))?) } else { None };
         let plan = match arena.as_deref_mut() {
-            Some(a) => Some(self.plan(a, steps)?),
+            Some(a) => Some(phase(dev, "plan", || self.plan(a, steps))?),
             None => None,
         };
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.attn_norm, cfg.eps)?;
-            let mut q = layer.q.forward(&h)?;
-            let mut k = layer.k.forward(&h)?;
-            let v = layer.v.forward(&h)?;
-            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                q = rms_norm(&q.reshape((n * nh, hd))?, qn, cfg.eps)?;
-                k = rms_norm(&k.reshape((n * nkv, hd))?, kn, cfg.eps)?;
-            }
+            let (q, k, v) = phase(dev, "qkv", || -> Result<_, candle_core::Error> {
+                let h = rms_norm(&x, &layer.attn_norm, cfg.eps)?;
+                let mut q = layer.q.forward(&h)?;
+                let mut k = layer.k.forward(&h)?;
+                let v = layer.v.forward(&h)?;
+                if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                    q = rms_norm(&q.reshape((n * nh, hd))?, qn, cfg.eps)?;
+                    k = rms_norm(&k.reshape((n * nkv, hd))?, kn, cfg.eps)?;
+                }
+                Ok((q, k, v))
+            })?;
             if let (Some(tables), Some(plan), Some(arena)) = (&self.rope_tensors, &plan, arena.as_deref()) {
-                let attn = self.attend_tensors(layer, &tables[layer.rope], (&arena.k[l], &arena.v[l]), plan, &q, &k, &v, &pos)?;
-                x = self.finish_layer(layer, x, &attn)?;
+                let attn = phase(dev, "attention", || self.attend_tensors(layer, &tables[layer.rope], (&arena.k[l], &arena.v[l]), plan, &q, &k, &v, &pos))?;
+                x = phase(dev, "o+ffn", || self.finish_layer(layer, x, &attn))?;
                 continue;
             }
-            let mut qv = q.flatten_all()?.to_vec1::<f32>()?;
-            let mut kv = k.flatten_all()?.to_vec1::<f32>()?;
-            let vv = v.flatten_all()?.to_vec1::<f32>()?;
-            let rope = &self.ropes[layer.rope];
-            let style = cfg.rope_style();
-            qv.par_chunks_mut(nh * hd).zip(pos.par_iter()).for_each(|(row, &p)| rope.apply(row, hd, p, style));
-            kv.par_chunks_mut(nkv * hd).zip(pos.par_iter()).for_each(|(row, &p)| rope.apply(row, hd, p, style));
-            // Append this step's keys and values to each sequence's cache.
-            let kw = nkv * hd;
-            let mut r = 0;
-            for st in steps.iter_mut() {
-                let c = &mut st.cache.layers[l];
-                let t = st.tokens.len();
-                c.k.extend_from_slice(&kv[r * kw..(r + t) * kw]);
-                c.v.extend_from_slice(&vv[r * kw..(r + t) * kw]);
-                r += t;
-            }
-            let caches: Vec<&LayerKv> = steps.iter().map(|st| &st.cache.layers[l]).collect();
-            let mut out = vec![0f32; n * nh * hd];
-            let group = nh / nkv;
-            let scale = cfg.attn_scale;
-            let window = layer.window;
-            // Attention per row and head, in f32, over the keys the row may see.
-            out.par_chunks_mut(nh * hd).enumerate().for_each_init(Vec::<f32>::new, |scores, (row, o)| {
-                let c = caches[owner[row]];
-                let p = pos[row];
-                let first = window.map_or(0, |w| (p + 1).saturating_sub(w)).max(c.start);
-                let qrow = &qv[row * nh * hd..(row + 1) * nh * hd];
-                for head in 0..nh {
-                    let kh = head / group;
-                    let qh = &qrow[head * hd..(head + 1) * hd];
-                    scores.clear();
-                    let mut max = f32::NEG_INFINITY;
-                    for kp in first..=p {
-                        let i = kp - c.start;
-                        let s = dot(qh, &c.k[i * kw + kh * hd..i * kw + (kh + 1) * hd]) * scale;
-                        max = max.max(s);
-                        scores.push(s);
-                    }
-                    let mut sum = 0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    let inv = 1.0 / sum;
-                    let oh = &mut o[head * hd..(head + 1) * hd];
-                    for (idx, kp) in (first..=p).enumerate() {
-                        let i = kp - c.start;
-                        let w = scores[idx] * inv;
-                        for (a, b) in oh.iter_mut().zip(&c.v[i * kw + kh * hd..i * kw + (kh + 1) * hd]) {
-                            *a += w * b;
-                        }
-                    }
-                }
-            });
-            drop(caches);
-            let attn = Tensor::from_vec(out, (n, nh * hd), &self.device)?;
-            x = self.finish_layer(layer, x, &attn)?;
+            let attn = phase(dev, "attention", || self.attend_rows(l, layer, steps, &q, &k, &v, &pos, &owner))?;
+            x = phase(dev, "o+ffn", || self.finish_layer(layer, x, &attn))?;
             self.trim_window(l, layer, steps);
         }
         for st in steps.iter_mut() {
             st.cache.len += st.tokens.len();
         }
         Ok(x)
+    }
+
+    /// Attention of one layer on the CPU, per row and head in f32 (rayon over rows): rotary
+    /// embedding at each row's position, the new keys and values appended to each sequence's
+    /// cache, then each row attends over the keys it may see. Returns (rows, heads * head_dim).
+    #[allow(clippy::too_many_arguments)]
+    fn attend_rows(&self, l: usize, layer: &Layer, steps: &mut [Step<'_>], q: &Tensor, k: &Tensor, v: &Tensor, pos: &[usize], owner: &[usize]) -> Result<Tensor, ModelError> {
+        let cfg = &self.cfg;
+        let (hd, nh, nkv, n) = (cfg.head_dim, cfg.heads, cfg.kv_heads, pos.len());
+        let mut qv = q.flatten_all()?.to_vec1::<f32>()?;
+        let mut kv = k.flatten_all()?.to_vec1::<f32>()?;
+        let vv = v.flatten_all()?.to_vec1::<f32>()?;
+        let rope = &self.ropes[layer.rope];
+        let style = cfg.rope_style();
+        qv.par_chunks_mut(nh * hd).zip(pos.par_iter()).for_each(|(row, &p)| rope.apply(row, hd, p, style));
+        kv.par_chunks_mut(nkv * hd).zip(pos.par_iter()).for_each(|(row, &p)| rope.apply(row, hd, p, style));
+        // Append this step's keys and values to each sequence's cache.
+        let kw = nkv * hd;
+        let mut r = 0;
+        for st in steps.iter_mut() {
+            let c = &mut st.cache.layers[l];
+            let t = st.tokens.len();
+            c.k.extend_from_slice(&kv[r * kw..(r + t) * kw]);
+            c.v.extend_from_slice(&vv[r * kw..(r + t) * kw]);
+            r += t;
+        }
+        let caches: Vec<&LayerKv> = steps.iter().map(|st| &st.cache.layers[l]).collect();
+        let mut out = vec![0f32; n * nh * hd];
+        let group = nh / nkv;
+        let scale = cfg.attn_scale;
+        let window = layer.window;
+        // Attention per row and head, in f32, over the keys the row may see.
+        out.par_chunks_mut(nh * hd).enumerate().for_each_init(Vec::<f32>::new, |scores, (row, o)| {
+            let c = caches[owner[row]];
+            let p = pos[row];
+            let first = window.map_or(0, |w| (p + 1).saturating_sub(w)).max(c.start);
+            let qrow = &qv[row * nh * hd..(row + 1) * nh * hd];
+            for head in 0..nh {
+                let kh = head / group;
+                let qh = &qrow[head * hd..(head + 1) * hd];
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for kp in first..=p {
+                    let i = kp - c.start;
+                    let s = dot(qh, &c.k[i * kw + kh * hd..i * kw + (kh + 1) * hd]) * scale;
+                    max = max.max(s);
+                    scores.push(s);
+                }
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                let oh = &mut o[head * hd..(head + 1) * hd];
+                for (idx, kp) in (first..=p).enumerate() {
+                    let i = kp - c.start;
+                    let w = scores[idx] * inv;
+                    for (a, b) in oh.iter_mut().zip(&c.v[i * kw + kh * hd..i * kw + (kh + 1) * hd]) {
+                        *a += w * b;
+                    }
+                }
+            }
+        });
+        drop(caches);
+        Ok(Tensor::from_vec(out, (n, nh * hd), &self.device)?)
     }
 
     /// The rest of a block after attention: output projection, residual, feed-forward.
@@ -868,6 +898,106 @@ impl Model {
         Ok(self.output.forward(&h)?)
     }
 
+    /// Row indices (into the pass's rows) of each step's last token; every step must have one.
+    fn last_rows(&self, steps: &[Step<'_>]) -> Result<Tensor, ModelError> {
+        let mut rows = Vec::with_capacity(steps.len());
+        let mut base = 0;
+        for st in steps {
+            let t = st.tokens.len();
+            if t == 0 {
+                return Err(ModelError::Request("a step without tokens has no last row".into()));
+            }
+            rows.push((base + t - 1) as u32);
+            base += t;
+        }
+        Ok(Tensor::from_vec(rows, steps.len(), &self.device)?)
+    }
+
+    /// One forward pass; per step, the entries of its last row's logits that can hold the
+    /// row's `k` largest, as (logit, token id) in increasing id order: the logits stay on the
+    /// device, which sends each row's block maxima, then the blocks that can hold the k
+    /// largest (see [`super::sample::blocks_for_top_k`]) - about 64k values per row instead
+    /// of the whole vocabulary.
+    pub fn forward_top(&self, steps: &mut [Step<'_>], k: usize) -> Result<Vec<Vec<(f32, u32)>>, ModelError> {
+        let last = self.last_rows(steps)?;
+        let hidden = self.forward_hidden(steps)?;
+        let dev = &self.device;
+        let logits = phase(dev, "logits", || self.logits(&hidden.index_select(&last, 0)?))?;
+        let (r, vocab) = logits.dims2()?;
+        let size = (1..=64).rev().find(|b| vocab % b == 0).unwrap_or(1);
+        let nb = vocab / size;
+        phase(dev, "to-host", || -> Result<_, ModelError> {
+            let blocks = logits.reshape((r * nb, size))?;
+            let maxima = blocks.max(candle_core::D::Minus1)?.reshape((r, nb))?.to_vec2::<f32>()?;
+            let chosen: Vec<Vec<usize>> = maxima.iter().map(|m| super::sample::blocks_for_top_k(m, k)).collect();
+            let flat: Vec<u32> = chosen.iter().enumerate().flat_map(|(i, js)| js.iter().map(move |&j| (i * nb + j) as u32)).collect();
+            let n = flat.len();
+            let values = blocks.index_select(&Tensor::from_vec(flat, n, dev)?, 0)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut at = 0;
+            Ok(chosen
+                .iter()
+                .map(|js| {
+                    let mut e = Vec::with_capacity(js.len() * size);
+                    for &j in js {
+                        e.extend(values[at..at + size].iter().enumerate().map(|(i, &v)| (v, (j * size + i) as u32)));
+                        at += size;
+                    }
+                    e
+                })
+                .collect())
+        })
+    }
+
+    /// One forward pass; per step and wanted row, the log-probabilities of the given token ids
+    /// (`targets[step][row]`), computed on the device (log-softmax in f32, then a gather), so
+    /// that only those values travel.
+    pub fn forward_logprobs(&self, steps: &mut [Step<'_>], targets: &[Vec<Vec<u32>>]) -> Result<Vec<Vec<Vec<f64>>>, ModelError> {
+        let mut rows = Vec::new();
+        let mut base = 0;
+        for (st, tg) in steps.iter().zip(targets) {
+            let t = st.tokens.len();
+            let wanted: Vec<usize> = match &st.want {
+                Want::Nothing => vec![],
+                Want::Last => (t > 0).then(|| t - 1).into_iter().collect(),
+                Want::All => (0..t).collect(),
+                Want::Rows(r) => r.clone(),
+            };
+            if wanted.len() != tg.len() || wanted.iter().any(|&w| w >= t) {
+                return Err(ModelError::Request(format!("log-probabilities wanted for rows {wanted:?} of a step of {t} tokens with {} target lists", tg.len())));
+            }
+            rows.extend(wanted.into_iter().map(|r| (base + r) as u32));
+            base += t;
+        }
+        if steps.len() != targets.len() {
+            return Err(ModelError::Request(format!("{} steps and {} target lists", steps.len(), targets.len())));
+        }
+        let hidden = self.forward_hidden(steps)?;
+        let width = targets.iter().flatten().map(Vec::len).max().unwrap_or(0);
+        if rows.is_empty() || width == 0 {
+            return Ok(targets.iter().map(|tg| tg.iter().map(|t| vec![0.0; t.len()]).collect()).collect());
+        }
+        let vocab = self.cfg.vocab as u32;
+        let mut idx = Vec::with_capacity(rows.len() * width);
+        for t in targets.iter().flatten() {
+            if let Some(bad) = t.iter().find(|&&x| x >= vocab) {
+                return Err(ModelError::Request(format!("token id {bad} is outside the vocabulary of {vocab}")));
+            }
+            idx.extend(t.iter().copied().chain(std::iter::repeat(0).take(width - t.len())));
+        }
+        let dev = &self.device;
+        let n = rows.len();
+        let logits = phase(dev, "logits", || self.logits(&hidden.index_select(&Tensor::from_vec(rows, n, dev)?, 0)?))?;
+        let picked = phase(dev, "to-host", || -> Result<_, ModelError> {
+            let lp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+            Ok(lp.gather(&Tensor::from_vec(idx, (n, width), dev)?, 1)?.to_vec2::<f32>()?)
+        })?;
+        let mut it = picked.into_iter();
+        Ok(targets
+            .iter()
+            .map(|tg| tg.iter().map(|t| it.next().expect("one row per target list")[..t.len()].iter().map(|&v| f64::from(v)).collect()).collect())
+            .collect())
+    }
+
     /// One forward pass over a batch of steps; returns, per step, the logits of the rows it
     /// wanted (each a vector over the vocabulary), in row order.
     pub fn forward(&self, steps: &mut [Step<'_>]) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
@@ -896,7 +1026,8 @@ impl Model {
         }
         let idx = Tensor::from_vec(rows, counts.iter().sum::<usize>(), &self.device)?;
         let picked = hidden.index_select(&idx, 0)?;
-        let logits = self.logits(&picked)?.to_vec2::<f32>()?;
+        let logits = phase(&self.device, "logits", || self.logits(&picked))?;
+        let logits = phase(&self.device, "to-host", || logits.to_vec2::<f32>())?;
         let mut it = logits.into_iter();
         for c in counts {
             out.push(it.by_ref().take(c).collect());

@@ -77,6 +77,11 @@ pub struct GenerateCommand {
     /// the model load excluded.
     #[arg(long)]
     pub stats: bool,
+    /// With --stats, also the time of each phase of the passes (embedding, plan, projections,
+    /// attention, feed-forward, logits, transfer, sampling) in the stats line; each phase
+    /// waits for the device, so the total runs slower.
+    #[arg(long, requires = "stats")]
+    pub profile: bool,
 }
 
 /// One JSON line on stderr: what a command computed and how fast (model load excluded).
@@ -86,6 +91,7 @@ fn print_stats(what: &str, device: crate::model::DeviceSpec, batch: usize, seque
         "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "seconds": secs,
         "new_tokens_per_second": new_tokens as f64 / secs.max(1e-9),
         "sequences_per_second": sequences as f64 / secs.max(1e-9),
+        "phases": crate::model::profile::take(),
     });
     eprintln!("{line}");
 }
@@ -96,6 +102,7 @@ impl GenerateCommand {
         let reqs: Vec<GenRequest> = read_jsonl(&self.input)?;
         let engine = self.model.load()?;
         let sampling = SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k };
+        crate::model::profile::enable(self.profile);
         if self.stats {
             // One short request first, so that one-time costs (an accelerator's kernel loads,
             // its library handles) stay out of the figure.
@@ -103,6 +110,7 @@ impl GenerateCommand {
                 let warm = GenRequest { max_tokens: r.max_tokens.min(2), ..r.clone() };
                 engine.generate(std::slice::from_ref(&warm), &sampling, BatchOptions { max_batch: 1 }, &mut |_, _| {})?;
             }
+            crate::model::profile::take();
         }
         let t = std::time::Instant::now();
         let out = engine.generate(&reqs, &sampling, BatchOptions { max_batch: self.model.batch }, &mut |_, _| {})?;
@@ -132,6 +140,9 @@ pub struct ScoreCommand {
     /// Print the scoring throughput on stderr (see `kiln model generate --stats`).
     #[arg(long)]
     pub stats: bool,
+    /// With --stats, also the time of each phase (see `kiln model generate --profile`).
+    #[arg(long, requires = "stats")]
+    pub profile: bool,
 }
 
 impl ScoreCommand {
@@ -139,9 +150,11 @@ impl ScoreCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let reqs: Vec<ScoreRequest> = read_jsonl(&self.input)?;
         let engine = self.model.load()?;
+        crate::model::profile::enable(self.profile);
         if self.stats {
             // As for generate: one request first, out of the figure.
             engine.score(&reqs[..reqs.len().min(1)], BatchOptions { max_batch: 1 })?;
+            crate::model::profile::take();
         }
         let t = std::time::Instant::now();
         let out = engine.score(&reqs, BatchOptions { max_batch: self.model.batch })?;
