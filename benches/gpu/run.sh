@@ -7,7 +7,7 @@
 #             && xz -T2 -6 -c /tmp/kiln > .cuda-carry/kiln.xz
 #           split -b 60M ~/.cache/kiln/models/gemma-3-270m-q4_k_m.gguf .gguf/part.   (then one
 #           part per call: the device takes 64 MiB a call)
-#   there:  bash benches/gpu/run.sh check|speed [batch sizes...]
+#   there:  bash benches/gpu/run.sh check|speed|profile|hf [batch sizes...]
 #
 # Parts are gathered into /tmp/kiln-gguf-parts (kept between calls while the machine is
 # held) until the file is whole and its sha256 is the published one.
@@ -113,6 +113,19 @@ for i in range(64):
 PY
     "$kiln" model score --model "$gguf" --device cuda --batch 64 --input "$out/score-speed.jsonl" --stats >/dev/null 2>"$out/score-speed.err" || { cat "$out/score-speed.err"; exit 1; }
     tail -1 "$out/score-speed.err"
+    ;;
+profile)
+    # Where the time goes, per phase (each phase waits for the device, so totals run slower).
+    shift
+    for b in "${@:-16 256}"; do
+        prompts "$b" >"$out/prof-$b.jsonl"
+        "$kiln" model generate --model "$gguf" --device cuda --batch "$b" --temperature 0.8 --top-p 0.95 --top-k 40 --input "$out/prof-$b.jsonl" --stats --profile >/dev/null 2>"$out/prof-$b.err" || { cat "$out/prof-$b.err"; exit 1; }
+        tail -1 "$out/prof-$b.err"
+    done
+    if [ -f "$out/score-speed.jsonl" ]; then
+        "$kiln" model score --model "$gguf" --device cuda --batch 64 --input "$out/score-speed.jsonl" --stats --profile >/dev/null 2>"$out/prof-score.err" || { cat "$out/prof-score.err"; exit 1; }
+        tail -1 "$out/prof-score.err"
+    fi
     ;;
 hf)
     shift
