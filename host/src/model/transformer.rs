@@ -316,10 +316,35 @@ struct Plan {
     decode_rows: Option<Tensor>,
     /// Per window (None: global): the one-token steps' gather (B * L) and mask (B, 1, 1, L).
     decode: Vec<(Option<usize>, Tensor, Tensor, usize)>,
-    /// Longer steps: (first batch row, rows, per window: gather (width), mask (rows, width)).
-    prefill: Vec<(usize, usize, Vec<(Option<usize>, Tensor, Tensor, usize)>)>,
+    /// Longer steps, attended in padded groups.
+    prefill: Vec<PrefillGroup>,
     /// Batch row order of [decode rows..., prefill rows...] back to the batch's, when mixed.
     unpermute: Option<Tensor>,
+}
+
+/// Longer steps attended together: P steps padded to the longest, T query rows each.
+struct PrefillGroup {
+    p: usize,
+    t: usize,
+    /// (P * T) pass rows of the queries; a padding row repeats its step's first row.
+    queries: Tensor,
+    /// Which of the (P * T) padded rows are real, in step order.
+    real: Tensor,
+    /// Per window (None: global): the gather (P * L) and mask (P, T, L), and L.
+    per: Vec<(Option<usize>, Tensor, Tensor, usize)>,
+}
+
+/// Scores a prefill group may hold at once (P * heads * T * L values).
+const PREFILL_SCORES: usize = 1 << 27;
+
+/// An additive attention mask (P, T, L): 0 where `first[i][j] <= c <= last[i][j]`, -inf
+/// elsewhere; built on the device from the per-row bounds.
+fn band_mask(first: Vec<f32>, last: Vec<f32>, (p, t, l): (usize, usize, usize), dev: &Device) -> Result<Tensor, candle_core::Error> {
+    let lo = Tensor::from_vec(first, (p, t, 1), dev)?;
+    let hi = Tensor::from_vec(last, (p, t, 1), dev)?;
+    let c = Tensor::arange(0f32, l as f32, dev)?.reshape((1, 1, l))?;
+    let visible = (c.broadcast_ge(&lo)? * c.broadcast_le(&hi)?)?;
+    visible.where_cond(&Tensor::zeros((p, t, l), DType::F32, dev)?, &Tensor::full(f32::NEG_INFINITY, (p, t, l), dev)?)
 }
 
 impl SeqCache {
@@ -788,30 +813,52 @@ impl Model {
                 decode.push((w, Tensor::from_vec(idx, b * lmax, &self.device)?, Tensor::from_vec(mask, (b, 1, 1, lmax), &self.device)?, lmax));
             }
         }
+        // Longer steps in groups of similar length (longest first), each group padded to its
+        // longest step and bounded in the scores it holds.
+        let mut by_len = prefill_at.clone();
+        by_len.sort_by_key(|&(s, _, t)| (std::cmp::Reverse(t), s));
+        let mut groups: Vec<Vec<(usize, usize, usize)>> = Vec::new();
+        for m in by_len {
+            let span = |g: &[(usize, usize, usize)]| g.iter().map(|&(s, _, t)| steps[s].cache.len + t).max().unwrap_or(0);
+            match groups.last_mut() {
+                Some(g) if (g.len() + 1) * g[0].2 * span(g).max(steps[m.0].cache.len + m.2) * self.cfg.heads <= PREFILL_SCORES => g.push(m),
+                _ => groups.push(vec![m]),
+            }
+        }
         let mut prefill = Vec::new();
-        for &(s, r, t) in &prefill_at {
-            let (past, pages) = (steps[s].cache.len, &steps[s].cache.pages);
+        for g in &groups {
+            let (p, t) = (g.len(), g[0].2);
+            let mut queries = Vec::with_capacity(p * t);
+            let mut real = Vec::new();
+            for (i, &(_, r, ti)) in g.iter().enumerate() {
+                queries.extend((0..t).map(|j| (r + j.min(ti - 1)) as u32));
+                real.extend((0..ti).map(|j| (i * t + j) as u32));
+            }
             let mut per = Vec::new();
             for &w in &windows {
-                let lo = first(w, past);
-                let width = past + t - lo;
-                let idx: Vec<u32> = (lo..past + t).map(|p| row_of(pages, p)).collect();
-                let mut mask = vec![0f32; t * width];
-                for j in 0..t {
-                    let (f, p) = (first(w, past + j) - lo, past + j - lo);
-                    for (i, m) in mask[j * width..(j + 1) * width].iter_mut().enumerate() {
-                        if i < f || i > p {
-                            *m = f32::NEG_INFINITY;
-                        }
+                let l = g.iter().map(|&(s, _, ti)| steps[s].cache.len + ti - first(w, steps[s].cache.len)).max().unwrap_or(1);
+                let (mut idx, mut lo, mut hi) = (Vec::with_capacity(p * l), Vec::with_capacity(p * t), Vec::with_capacity(p * t));
+                for &(s, _, ti) in g {
+                    let (past, pages) = (steps[s].cache.len, &steps[s].cache.pages);
+                    let start = first(w, past);
+                    idx.extend((0..l).map(|c| row_of(pages, if start + c < past + ti { start + c } else { start })));
+                    for j in 0..t {
+                        // A padding row sees its step's first key only (and is dropped).
+                        let (f, e) = if j < ti { (first(w, past + j) - start, past + j - start) } else { (0, 0) };
+                        lo.push(f as f32);
+                        hi.push(e as f32);
                     }
                 }
-                per.push((w, Tensor::from_vec(idx, width, &self.device)?, Tensor::from_vec(mask, (t, width), &self.device)?, width));
+                per.push((w, Tensor::from_vec(idx, p * l, &self.device)?, band_mask(lo, hi, (p, t, l), &self.device)?, l));
             }
-            prefill.push((r, t, per));
+            let nq = queries.len();
+            let nr = real.len();
+            prefill.push(PrefillGroup { p, t, queries: Tensor::from_vec(queries, nq, &self.device)?, real: Tensor::from_vec(real, nr, &self.device)?, per });
         }
-        let order: Vec<u32> = decode_idx.iter().map(|&(_, r)| r as u32).chain(prefill_at.iter().flat_map(|&(_, r, t)| (r..r + t).map(|x| x as u32))).collect();
+        let prefill_order: Vec<u32> = groups.iter().flatten().flat_map(|&(_, r, t)| (r..r + t).map(|x| x as u32)).collect();
+        let order: Vec<u32> = decode_idx.iter().map(|&(_, r)| r as u32).chain(prefill_order).collect();
         let identity = order.iter().enumerate().all(|(i, &o)| i as u32 == o);
-        let (decode_rows, unpermute) = if identity || decode_idx.is_empty() {
+        let (decode_rows, unpermute) = if identity {
             (None, None)
         } else {
             let mut inv = vec![0u32; order.len()];
@@ -819,7 +866,8 @@ impl Model {
                 inv[o as usize] = i as u32;
             }
             let rows: Vec<u32> = decode_idx.iter().map(|&(_, r)| r as u32).collect();
-            (Some(Tensor::from_vec(rows, decode_idx.len(), &self.device)?), Some(Tensor::from_vec(inv, order.len(), &self.device)?))
+            let decode_rows = if rows.is_empty() { None } else { Some(Tensor::from_vec(rows, decode_idx.len(), &self.device)?) };
+            (decode_rows, Some(Tensor::from_vec(inv, order.len(), &self.device)?))
         };
         Ok(Plan { write, decode_rows, decode, prefill, unpermute })
     }
@@ -879,11 +927,14 @@ impl Model {
             let o = attend(&qd.reshape((b, nkv, group, hd))?, rows, mask, b, *l, 1)?;
             outs.push(o.reshape((b, nh * hd))?);
         }
-        for (r, t, per) in &plan.prefill {
-            let (_, rows, mask, width) = per.iter().find(|d| d.0 == layer.window).expect("a plan for every window");
-            let qs = q.narrow(0, *r, *t)?.transpose(0, 1)?.reshape((1, nkv, group * t, hd))?.contiguous()?;
-            let o = attend(&qs, rows, mask, 1, *width, *t)?; // (1, kv_heads, group * t, head_dim)
-            outs.push(o.reshape((nh, *t, hd))?.transpose(0, 1)?.reshape((*t, nh * hd))?);
+        for g in &plan.prefill {
+            let (_, rows, mask, l) = g.per.iter().find(|d| d.0 == layer.window).expect("a plan for every window");
+            let (p, t) = (g.p, g.t);
+            // (P * T, heads * head_dim) -> (P, kv_heads, group * T, head_dim)
+            let qs = q.index_select(&g.queries, 0)?.reshape((p, t, nkv, group, hd))?.permute((0, 2, 3, 1, 4))?.reshape((p, nkv, group * t, hd))?.contiguous()?;
+            let o = attend(&qs, rows, mask, p, *l, t)?; // (P, kv_heads, group * T, head_dim)
+            let o = o.reshape((p, nkv, group, t, hd))?.permute((0, 3, 1, 2, 4))?.reshape((p * t, nh * hd))?;
+            outs.push(o.index_select(&g.real, 0)?);
         }
         let out = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? };
         Ok(match &plan.unpermute {
