@@ -980,7 +980,7 @@ impl Model {
         phase(dev, "to-host", || -> Result<_, ModelError> {
             let blocks = logits.reshape((r * nb, size))?;
             let maxima = blocks.max(candle_core::D::Minus1)?.reshape((r, nb))?.to_vec2::<f32>()?;
-            let chosen: Vec<Vec<usize>> = maxima.iter().map(|m| super::sample::blocks_for_top_k(m, k)).collect();
+            let chosen: Vec<Vec<usize>> = maxima.par_iter().map(|m| super::sample::blocks_for_top_k(m, k)).collect();
             let flat: Vec<u32> = chosen.iter().enumerate().flat_map(|(i, js)| js.iter().map(move |&j| (i * nb + j) as u32)).collect();
             let n = flat.len();
             let values = blocks.index_select(&Tensor::from_vec(flat, n, dev)?, 0)?.flatten_all()?.to_vec1::<f32>()?;
