@@ -11,6 +11,7 @@ pub mod guard;
 pub mod profile;
 pub mod qmm;
 pub mod sample;
+pub mod scatter;
 pub mod tokenizer;
 pub mod transformer;
 

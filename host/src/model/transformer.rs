@@ -310,7 +310,7 @@ impl Arena {
 /// What one tensor-path forward pass needs in every layer, made once: where the new rows go,
 /// and per attention window the rows each query gathers and its mask.
 struct Plan {
-    /// (n, kv_heads * head_dim) arena rows of the new keys and values.
+    /// (n) arena rows of the new keys and values.
     write: Tensor,
     /// Batch rows of the one-token steps, in the order of `decode`, when not all rows are.
     decode_rows: Option<Tensor>,
@@ -777,7 +777,7 @@ impl Model {
             write.extend((st.cache.len..st.cache.len + st.tokens.len()).map(|p| row_of(&st.cache.pages, p)));
         }
         let n = write.len();
-        let write = Tensor::from_vec(write, (n, 1), &self.device)?.broadcast_as((n, kw))?.contiguous()?;
+        let write = Tensor::from_vec(write, n, &self.device)?;
         let mut windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.window).collect();
         windows.sort();
         windows.dedup();
@@ -905,8 +905,8 @@ impl Model {
         };
         let q = rotate(q, nh)?;
         let k = rotate(k, nkv)?.reshape((n, kw))?;
-        ka.scatter_set(&plan.write, &k, 0)?;
-        va.scatter_set(&plan.write, &v.reshape((n, kw))?.contiguous()?, 0)?;
+        ka.inplace_op3(&k.contiguous()?, &plan.write, &super::scatter::ScatterRows)?;
+        va.inplace_op3(&v.reshape((n, kw))?.contiguous()?, &plan.write, &super::scatter::ScatterRows)?;
         let scale = cfg.attn_scale as f64;
         // q: (B, kv_heads, group * t, head_dim); gathered rows: (B * L, kw); mask broadcast
         // over (B, kv_heads, group * t, L).
