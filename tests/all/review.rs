@@ -23,9 +23,10 @@ fn s(p: &Path) -> String {
 fn review_packets_decisions_require_review_and_the_run_list() {
     let f = Fixture::new();
     let art = f.artifacts();
-    let c1 = f.config("p1.toml", "count = 8\nrun_id = \"p1\"\ncritic_filter = false", "").replace_qc_rules();
+    let c1 = f.config("p1.toml", "count = 20\nrun_id = \"p1\"\ncritic_filter = false", "").replace_qc_rules();
     assert_eq!(pilot(&c1, &[], &[]).status.code(), Some(0));
-    let c2 = f.config("p2.toml", "count = 10\nrun_id = \"p2\"\ncritic_filter = false", "").replace_qc_rules();
+    // 24 samples of the tiny model give both accepted and dropped examples for the packet.
+    let c2 = f.config("p2.toml", "count = 24\nrun_id = \"p2\"\ncritic_filter = false", "").replace_qc_rules();
     // A later start time, so that p1 is p2's previous iteration.
     assert_eq!(crate::common::stage("pilot", &c2, &[], &[], "1700000100").status.code(), Some(0));
     let (p1, p2) = (art.join("p1"), art.join("p2"));
@@ -34,7 +35,7 @@ fn review_packets_decisions_require_review_and_the_run_list() {
     let o = review(&[&s(&p2)]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let md = std::fs::read_to_string(p2.join("review.md")).unwrap();
-    for want in ["# Review packet: p2 (pilot)", "## Gate metrics", "Compared with `p1`", "`count`: 8 -> 10", "accepted examples (fixed seed)", "dropped or quarantined examples", "Why: "] {
+    for want in ["# Review packet: p2 (pilot)", "## Gate metrics", "Compared with `p1`", "`count`: 20 -> 24", "accepted examples (fixed seed)", "dropped or quarantined examples", "Why: "] {
         assert!(md.contains(want), "{want} not in the packet:\n{md}");
     }
     assert_eq!(&std::fs::read(p2.join("review_margins.png")).unwrap()[1..4], b"PNG");
