@@ -7,7 +7,8 @@
 #             && xz -T2 -6 -c /tmp/kiln > .cuda-carry/kiln.xz
 #           split -b 60M ~/.cache/kiln/models/gemma-3-270m-q4_k_m.gguf .gguf/part.   (then one
 #           part per call: the device takes 64 MiB a call)
-#   there:  bash benches/gpu/run.sh check|speed|profile|hf [batch sizes...]
+#   there:  bash benches/gpu/run.sh check|speed|profile|hf [batch sizes...] | pilot [devices...]
+#           (pilot needs plugins/dist/*.wasm carried too)
 #
 # Parts are gathered into /tmp/kiln-gguf-parts (kept between calls while the machine is
 # held) until the file is whole and its sha256 is the published one.
@@ -126,6 +127,18 @@ profile)
         "$kiln" model score --model "$gguf" --device cuda --batch 64 --input "$out/score-speed.jsonl" --stats --profile >/dev/null 2>"$out/prof-score.err" || { cat "$out/prof-score.err"; exit 1; }
         tail -1 "$out/prof-score.err"
     fi
+    ;;
+pilot)
+    # The README's pilot (configs/pilot.toml, 50 examples) end to end, the model on each
+    # device given (default: cuda), the plugins (plugins/dist, carried) on the CPU.
+    shift
+    for d in "${@:-cuda}"; do
+        rm -rf "/tmp/kiln-pilot-$d"
+        code=0
+        "$kiln" pilot --config configs/pilot.toml --model "$gguf" --device "$d" --artifacts-dir "/tmp/kiln-pilot-$d" --quiet >"$out/pilot-$d.txt" 2>&1 || code=$?
+        echo "pilot on $d: exit $code"
+        grep -E "planned|time:|gate:" "$out/pilot-$d.txt" || tail -5 "$out/pilot-$d.txt"
+    done
     ;;
 hf)
     shift

@@ -317,6 +317,15 @@ fn exit_codes_tell_gate_failure_from_success() {
     let o = pilot(&none, &[], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("gate: PASSED"));
+    // The CPU is the default device and is not recorded; a device this build lacks is a
+    // one-line error (exit 1) that names it.
+    let m = json(&f.artifacts().join("none/manifest.json"));
+    assert!(m["model"].get("device").is_none(), "{m}");
+    if !cfg!(feature = "cuda") {
+        let o = pilot(&none, &["--device", "cuda:1", "--run-id", "gpu"], &[]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains("device cuda:1: this kiln is built without CUDA"), "{}", text(&o));
+    }
 }
 
 pub(crate) trait NoQc {

@@ -29,6 +29,9 @@ pub struct EvalCommand {
     /// The base model (a GGUF file or a known name); replaces the config's.
     #[arg(long)]
     pub model: Option<String>,
+    /// Where the models run: cpu, cuda or cuda:N (see `kiln pilot --device`).
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::model::DeviceSpec,
 }
 
 fn print(out: &EvalOutcome) {
@@ -66,7 +69,7 @@ impl EvalCommand {
             model: self.model.clone(),
         };
         let cfg = EvalConfig::load(&self.config, &ov)?;
-        let out = run(&cfg, &EvalOptions { progress: self.run.progress() })
+        let out = run(&cfg, &EvalOptions { progress: self.run.progress(), device: self.device })
             .with_context(|| format!("eval \"{}\" failed", cfg.run_id))?;
         if self.run.json {
             let v = serde_json::json!({

@@ -31,6 +31,11 @@ pub struct PilotCommand {
     /// A GGUF file or a known model name; replaces the config's.
     #[arg(long)]
     pub model: Option<String>,
+    /// Where the model runs: cpu, cuda or cuda:N (a CUDA build: scripts/build-cuda.sh). A
+    /// placement, not part of the recipe: the manifest records the device of the process that
+    /// finished the run.
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::model::DeviceSpec,
 }
 
 impl PilotCommand {
@@ -45,7 +50,7 @@ impl PilotCommand {
             replay: false,
         };
         let cfg = PilotConfig::load(&self.config, &ov)?;
-        let out = run(&cfg, &PilotOptions { progress: self.run.progress() })
+        let out = run(&cfg, &PilotOptions { progress: self.run.progress(), device: self.device })
             .with_context(|| format!("pilot \"{}\" failed", cfg.run_id))?;
         if self.run.json {
             println!("{}", serde_json::to_string_pretty(&out.summary)?);

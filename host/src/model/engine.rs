@@ -97,6 +97,9 @@ pub struct ModelInfo {
     pub chat_template_chars: Option<usize>,
     /// Whether a chat template was allowed at load time.
     pub chat_template_allowed: bool,
+    /// Where the model runs.
+    #[serde(skip)]
+    pub device: DeviceSpec,
 }
 
 /// A model, its tokenizer and its identity.
@@ -146,6 +149,7 @@ pub fn inspect(path: &Path, content: &gguf_file::Content) -> Result<ModelInfo, M
         special_tokens,
         chat_template_chars: s("tokenizer.chat_template").map(|t| t.chars().count()),
         chat_template_allowed: false,
+        device: DeviceSpec::Cpu,
     })
 }
 
@@ -165,6 +169,7 @@ impl Engine {
         let tokenizer = Tokenizer::from_gguf(&content, &path.display().to_string())?;
         let device = opts.device.open()?;
         let model = Model::from_gguf(&content, &mut file, path, &device)?;
+        info.device = opts.device;
         Ok(Engine { model, tokenizer, info })
     }
 

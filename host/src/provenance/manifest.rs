@@ -179,6 +179,9 @@ pub struct ModelRecord {
     pub file_size: u64,
     /// A chat template in the file was allowed by config.
     pub chat_template_allowed: bool,
+    /// Where it ran, when not the CPU (`cuda:0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// The gate's outcome.

@@ -54,6 +54,8 @@ pub const DISAGREEMENTS_SHOWN: usize = 5;
 pub struct EvalOptions {
     /// Progress bars.
     pub progress: Progress,
+    /// Where the models run (recorded in the manifest).
+    pub device: crate::model::DeviceSpec,
 }
 
 /// One arm's answer to one item, as judged.
@@ -379,14 +381,14 @@ pub fn run(cfg: &EvalConfig, opts: &EvalOptions) -> Result<EvalOutcome, StageErr
     let loaded = timings.time("plugin_load", || load_plugins(&rt, &file, cfg.seed, &fields, 0))?;
 
     // Models: the base model is the judge; an arm with a model of its own loads it once.
-    let (base_engine, base_guard) = load_model_spec(&cfg.model, &cfg.file, "model", &mut timings)?;
+    let (base_engine, base_guard) = load_model_spec(&cfg.model, &cfg.file, "model", opts.device, &mut timings)?;
     let mut own: Vec<Option<(Engine, crate::model::guard::GuardReport)>> = Vec::new();
     for arm in &cfg.arms {
         let field = if arm.model.is_some() { format!("{}.model", arm.name) } else { "model".to_string() };
         let mut loaded = match &arm.model {
-            Some(spec) if spec.choice != cfg.model.choice => Some(load_model_spec(spec, &cfg.file, &field, &mut timings)?),
+            Some(spec) if spec.choice != cfg.model.choice => Some(load_model_spec(spec, &cfg.file, &field, opts.device, &mut timings)?),
             // An adapter changes the weights: the arm gets its own copy of the model.
-            _ if arm.adapter.is_some() => Some(load_model_spec(&cfg.arm_model(arm), &cfg.file, &field, &mut timings)?),
+            _ if arm.adapter.is_some() => Some(load_model_spec(&cfg.arm_model(arm), &cfg.file, &field, opts.device, &mut timings)?),
             _ => None,
         };
         if let (Some((engine, _)), Some((dir, _))) = (loaded.as_mut(), &arm.adapter) {

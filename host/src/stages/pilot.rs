@@ -62,6 +62,8 @@ pub mod files {
 pub struct PilotOptions {
     /// Progress bars.
     pub progress: Progress,
+    /// Where the model runs (a placement, not part of the recipe: recorded in the manifest).
+    pub device: crate::model::DeviceSpec,
 }
 
 /// What a finished pilot says.
@@ -290,25 +292,26 @@ pub fn model_record(engine: &Engine) -> ModelRecord {
         name: i.name.clone(),
         file_size: i.file_size,
         chat_template_allowed: i.chat_template_allowed,
+        device: (i.device != crate::model::DeviceSpec::Cpu).then(|| i.device.to_string()),
     }
 }
 
 /// Load the model of a config, check its pin and run the contamination guard.
-pub fn load_model(cfg: &PilotConfig, timings: &mut Timings) -> Result<(Engine, guard::GuardReport), StageError> {
+pub fn load_model(cfg: &PilotConfig, device: crate::model::DeviceSpec, timings: &mut Timings) -> Result<(Engine, guard::GuardReport), StageError> {
     let spec = ModelSpec {
         choice: cfg.model.clone(),
         sha256: cfg.model_sha256.clone(),
         allow_chat_template: cfg.allow_chat_template,
         guard_threshold: cfg.guard_threshold,
     };
-    load_model_spec(&spec, &cfg.file, "model", timings)
+    load_model_spec(&spec, &cfg.file, "model", device, timings)
 }
 
 /// Load a model, check its pin (an error names the config `file` and `field`) and run the
 /// contamination guard.
-pub fn load_model_spec(spec: &ModelSpec, file: &Path, field: &str, timings: &mut Timings) -> Result<(Engine, guard::GuardReport), StageError> {
+pub fn load_model_spec(spec: &ModelSpec, file: &Path, field: &str, device: crate::model::DeviceSpec, timings: &mut Timings) -> Result<(Engine, guard::GuardReport), StageError> {
     let path = model_path(&spec.choice)?;
-    let engine = timings.time("model_load", || Engine::load(&path, &LoadOptions { allow_chat_template: spec.allow_chat_template, ..Default::default() }))?;
+    let engine = timings.time("model_load", || Engine::load(&path, &LoadOptions { allow_chat_template: spec.allow_chat_template, device }))?;
     if let Some(expected) = &spec.sha256 {
         if &engine.info.sha256 != expected {
             return Err(StageError::Invalid(format!(
@@ -472,7 +475,7 @@ pub fn run_slice(cfg: &PilotConfig, slice: &Slice, opts: &PilotOptions) -> Resul
     let critics: Vec<&Loaded> = loaded[1 + nc..1 + nc + nk].iter().collect();
     let qc_rules: Vec<&Loaded> = loaded[1 + nc + nk..].iter().collect();
 
-    let (engine, guard_report) = load_model(cfg, &mut timings)?;
+    let (engine, guard_report) = load_model(cfg, opts.device, &mut timings)?;
     let shas: Vec<String> = loaded.iter().map(|l| l.plugin.sha256.clone()).collect();
     let mut table = cfg.resolved_table(&shas, &engine.info.path, &engine.info.sha256);
     if slice.portable {

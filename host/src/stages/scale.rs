@@ -314,7 +314,7 @@ pub fn run(cfg: &ScaleConfig, opts: &ScaleOptions) -> Result<ScaleOutcome, Stage
                 continue;
             }
             let (c, slice) = shard_slice(cfg, &inh.config, i);
-            run_slice(&c, &slice, &PilotOptions { progress: opts.progress })?;
+            run_slice(&c, &slice, &PilotOptions { progress: opts.progress, device: crate::model::DeviceSpec::Cpu })?;
             ran.push(i);
         }
     }

@@ -249,7 +249,7 @@ pub fn run(cfg: &TestsetConfig, opts: &TestsetOptions) -> Result<TestsetOutcome,
         };
         let m = match Manifest::read(&slice.run_dir) {
             Ok(m) if m.status == "complete" => m,
-            _ => run_slice(&rc, &slice, &PilotOptions { progress: opts.progress })?.manifest,
+            _ => run_slice(&rc, &slice, &PilotOptions { progress: opts.progress, device: crate::model::DeviceSpec::Cpu })?.manifest,
         };
         first_round.get_or_insert(m);
         let accepted: Vec<Accepted> = crate::sandbox::read_jsonl(&slice.run_dir.join(files::ACCEPTED))?;
