@@ -175,7 +175,7 @@ impl Engine {
         let mut active: Vec<Active> = Vec::new();
         let limit = self.model.max_positions();
         // With device reductions, the device sends only what the sampler needs of each row.
-        let needed = if self.model.device_reductions() { Sampler::new(0, *sampling).candidates_needed(self.model.cfg.vocab) } else { None };
+        let needed = if self.model.device_reductions() { sampling.candidates_needed(self.model.cfg.vocab) } else { None };
         let dev = self.model.device().clone();
         loop {
             while active.len() < opts.max_batch.max(1) {

@@ -19,6 +19,21 @@ use super::generate::SamplingParams;
 /// partitioning a copy of the row.
 const INSERTION_LIMIT: usize = 128;
 
+impl SamplingParams {
+    /// How many first candidates of a row suffice for these parameters (greedy: 1; top-k: k),
+    /// so that a device can send those instead of the whole row (see
+    /// [`Sampler::sample_candidates`]); None when the whole row of `vocab` entries is needed.
+    pub fn candidates_needed(&self, vocab: usize) -> Option<usize> {
+        if self.temperature <= 0.0 || self.top_k == 1 {
+            Some(1)
+        } else if self.top_k > 0 && self.top_k < vocab && self.top_k <= INSERTION_LIMIT {
+            Some(self.top_k)
+        } else {
+            None
+        }
+    }
+}
+
 /// One sequence's sampler: its parameters and its own random stream.
 #[derive(Debug)]
 pub struct Sampler {
@@ -162,18 +177,10 @@ impl Sampler {
         Sampler { params, rng: StdRng::seed_from_u64(seed) }
     }
 
-    /// How many first candidates of a row suffice for this sampler (greedy: 1; top-k: k), so
-    /// that a device can send those instead of the whole row (see
-    /// [`Sampler::sample_candidates`]); None when the whole row of `vocab` entries is needed.
+    /// How many first candidates of a row suffice for this sampler (see
+    /// [`SamplingParams::candidates_needed`]).
     pub fn candidates_needed(&self, vocab: usize) -> Option<usize> {
-        let p = self.params;
-        if p.temperature <= 0.0 || p.top_k == 1 {
-            Some(1)
-        } else if p.top_k > 0 && p.top_k < vocab && p.top_k <= INSERTION_LIMIT {
-            Some(p.top_k)
-        } else {
-            None
-        }
+        self.params.candidates_needed(vocab)
     }
 
     /// The next token for one row of logits; None when the row has no finite logit.

@@ -387,6 +387,23 @@ pub struct Step<'a> {
     pub want: Want,
 }
 
+impl Step<'_> {
+    /// The rows of this step whose logits it wants; a row beyond its tokens is an error.
+    fn wanted(&self) -> Result<Vec<usize>, ModelError> {
+        let t = self.tokens.len();
+        let wanted: Vec<usize> = match &self.want {
+            Want::Nothing => vec![],
+            Want::Last => (t > 0).then(|| t - 1).into_iter().collect(),
+            Want::All => (0..t).collect(),
+            Want::Rows(r) => r.clone(),
+        };
+        if let Some(bad) = wanted.iter().find(|&&r| r >= t) {
+            return Err(ModelError::Request(format!("logits wanted for row {bad} of a step of {t} tokens")));
+        }
+        Ok(wanted)
+    }
+}
+
 /// A loaded model.
 pub struct Model {
     /// Shape.
@@ -949,31 +966,44 @@ impl Model {
         Ok(self.output.forward(&h)?)
     }
 
-    /// Row indices (into the pass's rows) of each step's last token; every step must have one.
-    fn last_rows(&self, steps: &[Step<'_>]) -> Result<Tensor, ModelError> {
-        let mut rows = Vec::with_capacity(steps.len());
+    /// One forward pass, then the logits (rows, vocab) of the rows the steps want, in step
+    /// and row order (None when no step wants any), and how many rows each step wants.
+    fn wanted_logits(&self, steps: &mut [Step<'_>]) -> Result<(Option<Tensor>, Vec<usize>), ModelError> {
+        let mut rows = Vec::new();
+        let mut counts = Vec::with_capacity(steps.len());
         let mut base = 0;
-        for st in steps {
-            let t = st.tokens.len();
-            if t == 0 {
-                return Err(ModelError::Request("a step without tokens has no last row".into()));
-            }
-            rows.push((base + t - 1) as u32);
-            base += t;
+        for st in steps.iter() {
+            let wanted = st.wanted()?;
+            counts.push(wanted.len());
+            rows.extend(wanted.into_iter().map(|r| (base + r) as u32));
+            base += st.tokens.len();
         }
-        Ok(Tensor::from_vec(rows, steps.len(), &self.device)?)
+        let hidden = self.forward_hidden(steps)?;
+        if rows.is_empty() {
+            return Ok((None, counts));
+        }
+        let n = rows.len();
+        let idx = Tensor::from_vec(rows, n, &self.device)?;
+        let logits = phase(&self.device, "logits", || self.logits(&hidden.index_select(&idx, 0)?))?;
+        Ok((Some(logits), counts))
     }
 
-    /// One forward pass; per step, the entries of its last row's logits that can hold the
-    /// row's `k` largest, as (logit, token id) in increasing id order: the logits stay on the
+    /// One forward pass; per step (each wanting one row, its last), the entries of that row's
+    /// logits that can hold the row's `k` largest, as (logit, token id) in increasing id order: the logits stay on the
     /// device, which sends each row's block maxima, then the blocks that can hold the k
     /// largest (see [`super::sample::blocks_for_top_k`]) - about 64k values per row instead
     /// of the whole vocabulary.
     pub fn forward_top(&self, steps: &mut [Step<'_>], k: usize) -> Result<Vec<Vec<(f32, u32)>>, ModelError> {
-        let last = self.last_rows(steps)?;
-        let hidden = self.forward_hidden(steps)?;
+        for st in steps.iter() {
+            let wanted = st.wanted()?;
+            if wanted.len() != 1 {
+                return Err(ModelError::Request(format!("sampling candidates need one wanted row per step; a step of {} tokens wants {wanted:?}", st.tokens.len())));
+            }
+        }
+        let (Some(logits), _) = self.wanted_logits(steps)? else {
+            return Ok(Vec::new());
+        };
         let dev = &self.device;
-        let logits = phase(dev, "logits", || self.logits(&hidden.index_select(&last, 0)?))?;
         let (r, vocab) = logits.dims2()?;
         let size = (1..=64).rev().find(|b| vocab % b == 0).unwrap_or(1);
         let nb = vocab / size;
@@ -1003,41 +1033,27 @@ impl Model {
     /// (`targets[step][row]`), computed on the device (log-softmax in f32, then a gather), so
     /// that only those values travel.
     pub fn forward_logprobs(&self, steps: &mut [Step<'_>], targets: &[Vec<Vec<u32>>]) -> Result<Vec<Vec<Vec<f64>>>, ModelError> {
-        let mut rows = Vec::new();
-        let mut base = 0;
-        for (st, tg) in steps.iter().zip(targets) {
-            let t = st.tokens.len();
-            let wanted: Vec<usize> = match &st.want {
-                Want::Nothing => vec![],
-                Want::Last => (t > 0).then(|| t - 1).into_iter().collect(),
-                Want::All => (0..t).collect(),
-                Want::Rows(r) => r.clone(),
-            };
-            if wanted.len() != tg.len() || wanted.iter().any(|&w| w >= t) {
-                return Err(ModelError::Request(format!("log-probabilities wanted for rows {wanted:?} of a step of {t} tokens with {} target lists", tg.len())));
-            }
-            rows.extend(wanted.into_iter().map(|r| (base + r) as u32));
-            base += t;
-        }
         if steps.len() != targets.len() {
             return Err(ModelError::Request(format!("{} steps and {} target lists", steps.len(), targets.len())));
         }
-        let hidden = self.forward_hidden(steps)?;
-        let width = targets.iter().flatten().map(Vec::len).max().unwrap_or(0);
-        if rows.is_empty() || width == 0 {
-            return Ok(targets.iter().map(|tg| tg.iter().map(|t| vec![0.0; t.len()]).collect()).collect());
-        }
         let vocab = self.cfg.vocab as u32;
-        let mut idx = Vec::with_capacity(rows.len() * width);
-        for t in targets.iter().flatten() {
-            if let Some(bad) = t.iter().find(|&&x| x >= vocab) {
+        for (st, tg) in steps.iter().zip(targets) {
+            let wanted = st.wanted()?;
+            if wanted.len() != tg.len() {
+                return Err(ModelError::Request(format!("log-probabilities wanted for rows {wanted:?} of a step of {} tokens with {} target lists", st.tokens.len(), tg.len())));
+            }
+            if let Some(bad) = tg.iter().flatten().find(|&&x| x >= vocab) {
                 return Err(ModelError::Request(format!("token id {bad} is outside the vocabulary of {vocab}")));
             }
-            idx.extend(t.iter().copied().chain(std::iter::repeat(0).take(width - t.len())));
         }
+        let width = targets.iter().flatten().map(Vec::len).max().unwrap_or(0);
+        let (logits, _) = self.wanted_logits(steps)?;
+        let Some(logits) = logits.filter(|_| width > 0) else {
+            return Ok(targets.iter().map(|tg| tg.iter().map(|t| vec![0.0; t.len()]).collect()).collect());
+        };
+        let n = logits.dim(0)?;
+        let idx: Vec<u32> = targets.iter().flatten().flat_map(|t| t.iter().copied().chain(std::iter::repeat(0).take(width - t.len()))).collect();
         let dev = &self.device;
-        let n = rows.len();
-        let logits = phase(dev, "logits", || self.logits(&hidden.index_select(&Tensor::from_vec(rows, n, dev)?, 0)?))?;
         let picked = phase(dev, "to-host", || -> Result<_, ModelError> {
             let lp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
             Ok(lp.gather(&Tensor::from_vec(idx, (n, width), dev)?, 1)?.to_vec2::<f32>()?)
@@ -1052,38 +1068,13 @@ impl Model {
     /// One forward pass over a batch of steps; returns, per step, the logits of the rows it
     /// wanted (each a vector over the vocabulary), in row order.
     pub fn forward(&self, steps: &mut [Step<'_>]) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
-        let mut rows = Vec::new();
-        let mut counts = Vec::new();
-        let mut base = 0;
-        for st in steps.iter() {
-            let t = st.tokens.len();
-            let wanted: Vec<usize> = match &st.want {
-                Want::Nothing => vec![],
-                Want::Last => (t > 0).then(|| t - 1).into_iter().collect(),
-                Want::All => (0..t).collect(),
-                Want::Rows(r) => r.clone(),
-            };
-            if let Some(bad) = wanted.iter().find(|&&r| r >= t) {
-                return Err(ModelError::Request(format!("logits wanted for row {bad} of a step of {t} tokens")));
-            }
-            counts.push(wanted.len());
-            rows.extend(wanted.into_iter().map(|r| (base + r) as u32));
-            base += t;
-        }
-        let hidden = self.forward_hidden(steps)?;
-        let mut out = Vec::with_capacity(steps.len());
-        if rows.is_empty() {
+        let (logits, counts) = self.wanted_logits(steps)?;
+        let Some(logits) = logits else {
             return Ok(counts.iter().map(|_| Vec::new()).collect());
-        }
-        let idx = Tensor::from_vec(rows, counts.iter().sum::<usize>(), &self.device)?;
-        let picked = hidden.index_select(&idx, 0)?;
-        let logits = phase(&self.device, "logits", || self.logits(&picked))?;
+        };
         let logits = phase(&self.device, "to-host", || logits.to_vec2::<f32>())?;
         let mut it = logits.into_iter();
-        for c in counts {
-            out.push(it.by_ref().take(c).collect());
-        }
-        Ok(out)
+        Ok(counts.into_iter().map(|c| it.by_ref().take(c).collect()).collect())
     }
 }
 
