@@ -7,7 +7,13 @@
 //! it comes and once with gradient checkpointing, each as a column with its ratio.
 //!
 //! Run: `cargo bench --bench train -- [--model FILE] [--threads 2] [--steps 3] [--warmup 1]
-//! [--peer PYTHON]`. The peer is `benches/train_peft.py`, run with the Python of
+//! [--peer PYTHON] [--batch 8]`.
+//!
+//! On a GPU (a `--features cuda` build, carried to the device: benches/gpu/run.sh train), only
+//! kiln's side runs here: `--side kiln --device cuda --batch B` prints kiln's figures as JSON,
+//! with `device_peak_mib`, the high-water mark of the device's used memory above what it used
+//! before the model was loaded (model, activations and the allocator's pool; sampled every
+//! millisecond), and benches/gpu/hf_peer.py gives peft's. The peer is `benches/train_peft.py`, run with the Python of
 //! `scripts/setup-peft.sh`'s venv (`.venv-peft`, or `$KILN_PEFT_PYTHON`); without one, kiln's
 //! figures are printed alone. Each side runs in a process of its own, one after the other (the
 //! bench runs itself again for kiln's), so that neither shares the cores or holds memory the
@@ -23,7 +29,7 @@ use kiln::train::optim::{clip_global_norm, AdamW, AdamWConfig};
 use kiln::train::rng::SplitMix;
 use kiln::train::{collate, Adapters, BaseModel, Dropout, Example, LoraConfig, MODULES};
 
-const BATCH: usize = 8;
+const DEFAULT_BATCH: usize = 8;
 const SEQ: usize = 256;
 const PROMPT: usize = 32;
 const R: usize = 16;
@@ -74,17 +80,23 @@ struct Figures {
     load_peak_mib: f64,
     train_peak_mib: f64,
     trainable_params: usize,
+    #[serde(default)]
+    device: String,
+    #[serde(default)]
+    batch: usize,
+    #[serde(default)]
+    device_peak_mib: Option<f64>,
 }
 
 /// Token ids away from the special tokens at the start of the vocabulary: the same work as text.
-fn batch_ids(vocab: usize) -> Vec<Vec<u32>> {
+fn batch_ids(vocab: usize, batch: usize) -> Vec<Vec<u32>> {
     let mut rng = SplitMix::new(7);
-    (0..BATCH).map(|_| (0..SEQ).map(|_| (1000 + rng.below(vocab.min(200_000) - 1000)) as u32).collect()).collect()
+    (0..batch).map(|_| (0..SEQ).map(|_| (1000 + rng.below(vocab.min(200_000) - 1000)) as u32).collect()).collect()
 }
 
-fn kiln_steps(m: &BaseModel, t0: Instant, ids: &[Vec<u32>], warmup: usize, steps: usize) -> Figures {
+fn kiln_steps(m: &BaseModel, t0: Instant, ids: &[Vec<u32>], warmup: usize, steps: usize, device_start: Option<usize>) -> Figures {
     let lora = LoraConfig { r: R, lora_alpha: ALPHA, lora_dropout: DROPOUT, target_modules: MODULES.iter().map(|s| s.to_string()).collect() };
-    let adapters = Adapters::init(&m.cfg, &lora, 1).unwrap();
+    let adapters = Adapters::init(&m.cfg, &lora, 1).unwrap().to_device(m.device()).unwrap();
     let vars = adapters.vars();
     let mut opt = AdamW::new(AdamWConfig { lr: LR, weight_decay: 0.0, ..AdamWConfig::default() }, &vars);
     let load_s = t0.elapsed().as_secs_f64();
@@ -95,6 +107,7 @@ fn kiln_steps(m: &BaseModel, t0: Instant, ids: &[Vec<u32>], warmup: usize, steps
     let batch = collate(&refs, 0);
     let targets = batch.targets();
     reset_peak();
+    let watch = kiln::model::memory::MemoryWatch::start(m.device());
     let (mut step_s, mut loss) = (Vec::new(), Vec::new());
     for step in 0..warmup + steps {
         let t = Instant::now();
@@ -103,18 +116,23 @@ fn kiln_steps(m: &BaseModel, t0: Instant, ids: &[Vec<u32>], warmup: usize, steps
         let (nll, _, mut grads) = m.nll_backward(&batch, &adapters, dropout, 1.0 / targets as f64).unwrap();
         clip_global_norm(&mut grads, MAX_GRAD_NORM);
         opt.step(&vars, &grads, LR).unwrap();
+        m.device().synchronize().unwrap();
         step_s.push(t.elapsed().as_secs_f64());
         loss.push(nll / targets as f64);
     }
     let measured: f64 = step_s[warmup..].iter().sum();
+    let device_peak_mib = watch.map(|w| (w.finish().peak_bytes - device_start.unwrap_or(0)) as f64 / (1 << 20) as f64);
     Figures {
-        tokens_per_s: (BATCH * SEQ * steps) as f64 / measured,
+        tokens_per_s: (ids.len() * SEQ * steps) as f64 / measured,
         step_s,
         loss,
         load_s,
         load_peak_mib,
         train_peak_mib: status_mib("VmHWM:"),
         trainable_params: vars.iter().map(|v| v.elem_count()).sum(),
+        device: format!("{:?}", m.device().location()),
+        batch: ids.len(),
+        device_peak_mib,
     }
 }
 
@@ -166,24 +184,29 @@ fn main() {
         .or_else(|| std::env::var("KILN_PEFT_PYTHON").ok())
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::var_os("KILN_PEFT_VENV").map(PathBuf::from).unwrap_or_else(|| root().join(".venv-peft")).join("bin/python"));
+    let batch: usize = arg(&args, "--batch").map(|s| s.parse().unwrap()).unwrap_or(DEFAULT_BATCH);
     if arg(&args, "--side").as_deref() == Some("kiln") {
+        let spec: kiln::model::DeviceSpec = arg(&args, "--device").unwrap_or_else(|| "cpu".into()).parse().unwrap();
+        let device = spec.open().unwrap();
+        // What the device used before the model (the CUDA context, other processes).
+        let device_start = kiln::model::memory::MemoryWatch::start(&device).map(|w| w.finish().start_bytes);
         let t0 = Instant::now();
-        let m = BaseModel::load(&path).unwrap();
-        let ids = batch_ids(m.cfg.vocab);
-        let f = kiln_steps(&m, t0, &ids, warmup, steps);
+        let m = BaseModel::load_on(&path, &device).unwrap();
+        let ids = batch_ids(m.cfg.vocab, batch);
+        let f = kiln_steps(&m, t0, &ids, warmup, steps, device_start);
         println!("{}", serde_json::to_string(&f).unwrap());
         return;
     }
     let (_, content) = kiln::model::engine::read_gguf(&path).unwrap();
-    let ids = batch_ids(kiln::model::ModelConfig::from_metadata(&content.metadata, &path).unwrap().vocab);
+    let ids = batch_ids(kiln::model::ModelConfig::from_metadata(&content.metadata, &path).unwrap().vocab, batch);
     println!(
-        "kiln QLoRA vs PyTorch peft LoRA (f32 base), {}, {threads} threads: batch {BATCH} x {SEQ} tokens, r = {R}, 7 projections, {warmup} warm-up + {steps} measured steps",
+        "kiln QLoRA vs PyTorch peft LoRA (f32 base), {}, {threads} threads: batch {batch} x {SEQ} tokens, r = {R}, 7 projections, {warmup} warm-up + {steps} measured steps",
         path.file_name().unwrap().to_string_lossy()
     );
     let o = Command::new(std::env::current_exe().unwrap())
         .args(["--side", "kiln", "--model"])
         .arg(&path)
-        .args(["--threads", &threads, "--steps", &steps.to_string(), "--warmup", &warmup.to_string()])
+        .args(["--threads", &threads, "--steps", &steps.to_string(), "--warmup", &warmup.to_string(), "--batch", &batch.to_string()])
         .stderr(Stdio::inherit())
         .output()
         .unwrap();

@@ -4,6 +4,7 @@
 # but no Rust toolchain.
 #
 #     scripts/build-cuda.sh            # -> target/cuda/release/kiln (sm_90: H100/H200)
+#     scripts/build-cuda.sh --bench    # and the training bench -> target/cuda/release/train-bench
 #
 # nvcc, the CUDA headers and the libraries to link against come from PyPI (nvidia-* 13.0.x
 # wheels, whose PTX the 580 driver accepts) into a venv at $KILN_CUDA_VENV (default
@@ -54,3 +55,14 @@ export LD_LIBRARY_PATH="$cuda_root/lib64:${LD_LIBRARY_PATH:-}"
 cd "$root"
 CARGO_TARGET_DIR="$root/target/cuda" cargo build --release --features cuda --bin kiln
 echo "build-cuda: $root/target/cuda/release/kiln (sm_$cap)"
+if [ "${1:-}" = "--bench" ]; then
+    exe="$(CARGO_TARGET_DIR="$root/target/cuda" cargo bench --no-run --features cuda --bench train --message-format=json \
+        | "$venv/bin/python" -c 'import json, sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "train" and m.get("executable"):
+        print(m["executable"])' | tail -1)"
+    [ -n "$exe" ] || { echo "build-cuda: the training bench was not built" >&2; exit 1; }
+    cp "$exe" "$root/target/cuda/release/train-bench"
+    echo "build-cuda: $root/target/cuda/release/train-bench (sm_$cap)"
+fi

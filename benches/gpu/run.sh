@@ -8,7 +8,9 @@
 #           split -b 60M ~/.cache/kiln/models/gemma-3-270m-q4_k_m.gguf .gguf/part.   (then one
 #           part per call: the device takes 64 MiB a call)
 #   there:  bash benches/gpu/run.sh check|speed|profile|hf [batch sizes...] | pilot [devices...]
-#           (pilot needs plugins/dist/*.wasm carried too)
+#           | train [batch sizes...] | reference [scale count]
+#           (pilot needs plugins/dist/*.wasm carried too; train needs the training bench built
+#           for CUDA: scripts/build-cuda.sh --bench, carried as .cuda-carry/train-bench.xz)
 #
 # Parts are gathered into /tmp/kiln-gguf-parts (kept between calls while the machine is
 # held) until the file is whole and its sha256 is the published one.
@@ -18,6 +20,8 @@ cd "$root"
 want=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 kiln=/tmp/kiln-cuda
 if [ -f .cuda-carry/kiln.xz ]; then xz -dc .cuda-carry/kiln.xz >"$kiln"; chmod +x "$kiln"; fi
+bench=/tmp/kiln-train-bench
+if [ -f .cuda-carry/train-bench.xz ]; then xz -dc .cuda-carry/train-bench.xz >"$bench"; chmod +x "$bench"; fi
 store="${KILN_GGUF_STORE:-/tmp/kiln-gguf-parts}"
 mkdir -p "$store"
 for p in .gguf/part.*; do
@@ -139,6 +143,63 @@ pilot)
         echo "pilot on $d: exit $code"
         grep -E "planned|time:|gate:" "$out/pilot-$d.txt" || tail -5 "$out/pilot-$d.txt"
     done
+    ;;
+train)
+    # QLoRA steps (benches/train.rs, kiln's side) against peft LoRA on the bf16 base
+    # (hf_peer.py train), batch x 256 tokens, r 16 on all seven projections.
+    shift
+    sizes="${*:-8 32}"
+    for b in $sizes; do
+        "$bench" --side kiln --device cuda --model "$gguf" --batch "$b" --steps 5 --warmup 2 >"$out/train-kiln-$b.json"
+        cat "$out/train-kiln-$b.json"
+    done
+    python3 benches/gpu/hf_peer.py train $sizes | tee "$out/train-hf.jsonl"
+    python3 - "$out" $sizes <<'PY'
+import json, sys
+out, sizes = sys.argv[1], [int(x) for x in sys.argv[2:]]
+hf = [json.loads(l) for l in open(f"{out}/train-hf.jsonl")]
+print(f"{'batch':>5} {'peer':>10} {'kiln tok/s':>11} {'peer tok/s':>11} {'ratio':>6} {'kiln MiB':>9} {'peer alloc':>10} {'peer resv':>10} {'mem ratio':>9}")
+for b in sizes:
+    k = json.load(open(f"{out}/train-kiln-{b}.json"))
+    for p in (x for x in hf if x["batch"] == b):
+        name = "peft+ckpt" if p["checkpointing"] else "peft"
+        print(f"{b:>5} {name:>10} {k['tokens_per_s']:>11.0f} {p['tokens_per_second']:>11.0f} {k['tokens_per_s']/p['tokens_per_second']:>5.2f}x"
+              f" {k['device_peak_mib']:>9.0f} {p['peak_allocated_mib']:>10.0f} {p['peak_reserved_mib']:>10.0f} {k['device_peak_mib']/p['peak_allocated_mib']:>8.2f}x")
+PY
+    ;;
+reference)
+    # The reference workload, every stage's model on the GPU, timed: the 50-example pilot, a
+    # scale slice of COUNT examples (default 1000; the note extrapolates to 15 000), the
+    # 200-item test set, QLoRA SFT on the slice (configs/train.toml) and the paired eval of the
+    # base against the adapter (configs/eval-adapter.toml). Plugins (plugins/dist, carried) run
+    # on the CPU.
+    count="${2:-1000}"
+    export KILN_MODEL_DIR="$store"
+    for r in pilot scale testset train eval-adapter; do rm -rf "artifacts/$r"; done
+    stage() { # NAME COMMAND...: run, time, keep the summary
+        local name="$1"; shift
+        local t0="$EPOCHREALTIME" code=0
+        "$kiln" "$@" --quiet >"$out/ref-$name.txt" 2>&1 || code=$?
+        printf '%-8s exit %s  %7.1f s\n' "$name" "$code" "$(awk "BEGIN { print $EPOCHREALTIME - $t0 }")"
+        grep -E "planned|time:|gate:|examples:|steps|tok/s|accepted|items|verdict|p =|p-value|wins" "$out/ref-$name.txt" | head -12 || true
+        if [ "$code" = 1 ]; then tail -20 "$out/ref-$name.txt"; exit 1; fi
+    }
+    stage pilot pilot --config configs/pilot.toml --device cuda
+    stage scale scale --config configs/scale.toml --count "$count" --shards 1 --device cuda
+    stage testset testset --config configs/testset.toml --dataset artifacts/scale --device cuda
+    stage train train --config configs/train.toml --dataset artifacts/scale --test-set artifacts/testset --device cuda
+    stage eval eval --config configs/eval-adapter.toml --device cuda
+    python3 - <<'PY'
+import json
+for r in ["pilot", "scale", "testset", "train", "eval-adapter"]:
+    try:
+        m = json.load(open(f"artifacts/{r}/manifest.json"))
+    except OSError:
+        continue
+    print(r, "counts", m.get("counts"), "gate", m.get("gate", {}).get("pass"))
+t = json.load(open("artifacts/train/train.json"))
+print("train report", json.dumps(t["report"]), "device_memory", t.get("device_memory"))
+PY
     ;;
 hf)
     shift

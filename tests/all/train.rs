@@ -134,6 +134,44 @@ fn lora_gradients_match_finite_differences() {
 }
 
 #[test]
+fn tensor_operations_give_the_cpu_operations_loss_and_gradients() {
+    // The path every non-CPU device takes (projections as matmuls on the dequantized weight,
+    // the head's loss and gradient tile by tile), run here on the CPU against kiln's CPU
+    // operations: same loss, same gradients, with and without activation checkpointing.
+    for t in [Tiny::gemma3(), Tiny::llama()] {
+        let (_d, path) = tiny_file(&t);
+        let e = Engine::load(&path, &LoadOptions::default()).unwrap();
+        let custom = BaseModel::load(&path).unwrap();
+        let mut tensor = BaseModel::load(&path).unwrap();
+        assert!(!custom.tensor_ops());
+        tensor.use_tensor_ops(true).unwrap();
+        assert!(tensor.tensor_ops());
+        let exs = examples(&e);
+        let b = collate(&[&exs[0], &exs[1], &exs[3]], 0);
+        let a = perturbed(&custom.cfg, &lora(2, 0.1), 5);
+        let close = |x: f64, y: f64, what: &str| assert!((x - y).abs() <= 1e-5 + 1e-4 * y.abs(), "{}: {what}: {x} vs {y}", t.arch);
+        let (l1, g1) = loss_and_grads(&custom, &a, &b);
+        let (l2, g2) = loss_and_grads(&tensor, &a, &b);
+        close(l2, l1, "loss");
+        for (x, y) in g2.iter().flatten().zip(g1.iter().flatten()) {
+            close(*x as f64, *y as f64, "gradient");
+        }
+        let dropout = Some(Dropout { p: 0.1, seed: 11 });
+        let (c1, n1, k1) = custom.nll_backward(&b, &a, dropout, 0.5).unwrap();
+        let (c2, n2, k2) = tensor.nll_backward(&b, &a, dropout, 0.5).unwrap();
+        assert_eq!((n1, n2), (b.targets(), b.targets()));
+        close(c2, c1, "checkpointed loss");
+        assert!(k1.iter().flatten().any(|g| *g != 0.0), "{}: the gradients are all zero", t.arch);
+        for (x, y) in k2.iter().flatten().zip(k1.iter().flatten()) {
+            close(*x as f64, *y as f64, "checkpointed gradient");
+        }
+        let (v, n) = tensor.nll_value(&b, Some(&a)).unwrap();
+        assert_eq!(n, b.targets());
+        close(v, l1, "loss without gradient");
+    }
+}
+
+#[test]
 fn only_response_tokens_carry_loss_and_gradient() {
     let t = Tiny::gemma3();
     let (_d, path) = tiny_file(&t);

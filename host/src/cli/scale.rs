@@ -29,6 +29,9 @@ pub struct ScaleCommand {
     /// Only merge the finished shards.
     #[arg(long)]
     pub merge: bool,
+    /// Where the model runs: cpu, cuda or cuda:N (see `kiln pilot --device`).
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::model::DeviceSpec,
     /// Run id, artifacts folder, output form.
     #[command(flatten)]
     pub run: RunArgs,
@@ -113,7 +116,7 @@ impl ScaleCommand {
                 anyhow::bail!("--shard {i}/{n}: the scale has {} shards ({})", cfg.shards, cfg.file.display());
             }
         }
-        let opts = ScaleOptions { shard: shard.map(|(i, _)| i), merge_only: self.merge, progress: self.run.progress() };
+        let opts = ScaleOptions { shard: shard.map(|(i, _)| i), merge_only: self.merge, progress: self.run.progress(), device: self.device };
         let out = run(&cfg, &opts).with_context(|| format!("scale \"{}\" failed", cfg.run_id))?;
         if self.run.json {
             let v = serde_json::json!({

@@ -23,6 +23,9 @@ pub struct TestsetCommand {
     /// The training dataset (a finished pilot, replay or scale run); replaces the config's.
     #[arg(long)]
     pub dataset: Option<PathBuf>,
+    /// Where the model runs: cpu, cuda or cuda:N (see `kiln pilot --device`).
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::model::DeviceSpec,
     /// Run id, artifacts folder, output form.
     #[command(flatten)]
     pub run: RunArgs,
@@ -52,7 +55,7 @@ impl TestsetCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let ov = TestsetOverrides { run_id: self.run.run_id.clone(), artifacts_dir: self.run.artifacts_dir.clone(), dataset: self.dataset.clone() };
         let cfg = TestsetConfig::load(&self.config, &ov)?;
-        let out = run(&cfg, &TestsetOptions { progress: self.run.progress() }).with_context(|| format!("testset \"{}\" failed", cfg.run_id))?;
+        let out = run(&cfg, &TestsetOptions { progress: self.run.progress(), device: self.device }).with_context(|| format!("testset \"{}\" failed", cfg.run_id))?;
         if self.run.json {
             println!("{}", serde_json::to_string_pretty(&out)?);
         } else {

@@ -30,6 +30,11 @@ pub struct TrainCommand {
     /// The paired test set (a `kiln testset` run checked against the dataset); replaces the config's.
     #[arg(long)]
     pub test_set: Option<PathBuf>,
+    /// Where the base and the adapters live: cpu, cuda or cuda:N (a CUDA build:
+    /// scripts/build-cuda.sh). A placement, not part of the recipe: a run started on one device
+    /// resumes on another; the manifest records the device of the process that finished it.
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::model::DeviceSpec,
 }
 
 fn print(out: &TrainOutcome) {
@@ -59,7 +64,7 @@ impl TrainCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let ov = TrainOverrides { run_id: self.run.run_id.clone(), artifacts_dir: self.run.artifacts_dir.clone(), dataset: self.dataset.clone(), test_set: self.test_set.clone() };
         let cfg = TrainConfig::load(&self.config, &ov)?;
-        let out = run(&cfg, &TrainRunOptions { progress: self.run.progress() }).with_context(|| format!("train \"{}\" failed", cfg.run_id))?;
+        let out = run(&cfg, &TrainRunOptions { progress: self.run.progress(), device: self.device }).with_context(|| format!("train \"{}\" failed", cfg.run_id))?;
         if self.run.json {
             println!("{}", serde_json::to_string_pretty(&out)?);
         } else {

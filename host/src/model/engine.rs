@@ -64,6 +64,9 @@ impl DeviceSpec {
                         "device {self}: this kiln is built without CUDA (build it with scripts/build-cuda.sh)"
                     )));
                 }
+                // f32 products on the tensor cores (TF32: inputs rounded to 10-bit mantissas,
+                // sums in f32), as the dense products of prompts, scoring and training use.
+                candle_core::cuda::set_gemm_reduced_precision_f32(true);
                 candle_core::Device::new_cuda(*n).map_err(|e| ModelError::Request(format!("device {self}: {e}")))
             }
         }

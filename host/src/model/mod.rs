@@ -8,6 +8,8 @@ pub mod error;
 pub mod generate;
 pub mod fetch;
 pub mod guard;
+pub mod kernels;
+pub mod memory;
 pub mod profile;
 pub mod qmm;
 pub mod sample;

@@ -60,7 +60,7 @@ impl InplaceOp3 for ScatterRows {
         if n == 0 {
             return Ok(());
         }
-        let func = s1.device.get_or_load_custom_func("kiln_scatter_rows", "kiln_scatter", cuda::ptx()?)?;
+        let func = s1.device.get_or_load_custom_func("kiln_scatter_rows", super::kernels::MODULE, super::kernels::ptx()?)?;
         let src = s2.as_cuda_slice::<f32>()?;
         let ids = s3.as_cuda_slice::<u32>()?;
         let dst = s1.as_cuda_slice_mut::<f32>()?;
@@ -77,31 +77,5 @@ impl InplaceOp3 for ScatterRows {
         // only rows below `rows` of the destination, all checked against the layouts above.
         unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Msg(format!("kiln_scatter_rows: {e:?}")))?;
         Ok(())
-    }
-}
-
-#[cfg(feature = "cuda")]
-mod cuda {
-    use std::sync::OnceLock;
-
-    const SOURCE: &str = r#"
-extern "C" __global__ void kiln_scatter_rows(float *dst, const float *src, const unsigned int *ids,
-    unsigned long long dst_off, unsigned long long src_off, unsigned long long ids_off,
-    unsigned long long n, unsigned long long width, unsigned long long rows) {
-    unsigned long long total = n * width;
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < total;
-         i += (unsigned long long)blockDim.x * gridDim.x) {
-        unsigned long long r = ids[ids_off + i / width];
-        if (r < rows) dst[dst_off + r * width + i % width] = src[src_off + i];
-    }
-}
-"#;
-
-    /// The kernels' PTX, compiled with NVRTC on first use.
-    pub fn ptx() -> candle_core::Result<&'static str> {
-        static PTX: OnceLock<Result<String, String>> = OnceLock::new();
-        PTX.get_or_init(|| candle_core::cuda::cudarc::nvrtc::compile_ptx(SOURCE).map(|p| p.to_src()).map_err(|e| format!("{e:?}")))
-            .as_deref()
-            .map_err(|e| candle_core::Error::Msg(format!("compiling kiln's CUDA kernels with NVRTC: {e}")))
     }
 }

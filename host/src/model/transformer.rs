@@ -102,6 +102,9 @@ pub fn q5_0_as_q8_0(q: &QTensor) -> Result<QTensor, candle_core::Error> {
     candle_core::quantized::ggml_file::qtensor_from_ggml(GgmlDType::Q8_0, &out, q.shape().dims().to_vec(), &Device::Cpu)
 }
 
+/// Rows from which a projection off the CPU dequantizes its weight for a dense product.
+const DENSE_ROWS: usize = 512;
+
 impl Linear {
     fn new(q: QTensor) -> Result<Linear, candle_core::Error> {
         // Without kiln's kernels, Q5_0 goes through candle as Q8_0 (its Q5_0 path is scalar).
@@ -128,6 +131,10 @@ impl Linear {
             let mut out = vec![0f32; m * self.out_features];
             qmm::matmul(kind, &self.raw.data()?, self.out_features, self.in_features, &xs, m, &mut out);
             Tensor::from_vec(out, (m, self.out_features), x.device())?
+        } else if !x.device().is_cpu() && x.rank() == 2 && x.dim(0)? >= DENSE_ROWS {
+            // Many rows at once (prompts, scoring): the weight dequantized on the device and a
+            // dense product on the tensor cores beat the quantized kernels, which have none.
+            x.matmul(&self.raw.dequantize(x.device())?.t()?)?
         } else if self.pad_single && x.dim(0)? == 1 {
             self.weight.forward(&Tensor::cat(&[x, x], 0)?)?.narrow(0, 0, 1)?
         } else {
@@ -920,19 +927,23 @@ impl Model {
             };
             r.reshape((n, heads, hd))
         };
-        let q = rotate(q, nh)?;
-        let k = rotate(k, nkv)?.reshape((n, kw))?;
-        ka.inplace_op3(&k.contiguous()?, &plan.write, &super::scatter::ScatterRows)?;
-        va.inplace_op3(&v.reshape((n, kw))?.contiguous()?, &plan.write, &super::scatter::ScatterRows)?;
+        let dev = &self.device;
+        let (q, k) = phase(dev, "attention:rope", || -> Result<_, candle_core::Error> { Ok((rotate(q, nh)?, rotate(k, nkv)?.reshape((n, kw))?)) })?;
+        phase(dev, "attention:scatter", || -> Result<_, candle_core::Error> {
+            ka.inplace_op3(&k.contiguous()?, &plan.write, &super::scatter::ScatterRows)?;
+            va.inplace_op3(&v.reshape((n, kw))?.contiguous()?, &plan.write, &super::scatter::ScatterRows)
+        })?;
         let scale = cfg.attn_scale as f64;
         // q: (B, kv_heads, group * t, head_dim); gathered rows: (B * L, kw); mask broadcast
         // over (B, kv_heads, group * t, L).
         let attend = |q: &Tensor, rows: &Tensor, mask: &Tensor, b: usize, l: usize, t: usize| -> Result<Tensor, candle_core::Error> {
             let gather = |a: &Tensor| a.index_select(rows, 0)?.reshape((b, l, nkv, hd))?.transpose(1, 2)?.contiguous();
-            let (kg, vg) = (gather(ka)?, gather(va)?);
-            let scores = (q.matmul(&kg.transpose(2, 3)?)? * scale)?;
-            let scores = scores.reshape((b, nkv, group, t, l))?.broadcast_add(&mask.reshape((b, 1, 1, t, l))?)?.reshape((b, nkv, group * t, l))?;
-            candle_nn::ops::softmax_last_dim(&scores)?.matmul(&vg)
+            let (kg, vg) = phase(dev, "attention:gather", || -> Result<_, candle_core::Error> { Ok((gather(ka)?, gather(va)?)) })?;
+            let scores = phase(dev, "attention:scores", || -> Result<_, candle_core::Error> {
+                let scores = (q.matmul(&kg.transpose(2, 3)?)? * scale)?;
+                scores.reshape((b, nkv, group, t, l))?.broadcast_add(&mask.reshape((b, 1, 1, t, l))?)?.reshape((b, nkv, group * t, l))
+            })?;
+            phase(dev, "attention:softmax-pv", || candle_nn::ops::softmax_last_dim(&scores)?.matmul(&vg))
         };
         let mut outs = Vec::new();
         if let Some((_, rows, mask, l)) = plan.decode.iter().find(|d| d.0 == layer.window) {

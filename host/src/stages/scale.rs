@@ -61,6 +61,8 @@ pub struct ScaleOptions {
     pub merge_only: bool,
     /// Progress bars.
     pub progress: Progress,
+    /// Where the model runs (a placement, not part of the recipe).
+    pub device: crate::model::DeviceSpec,
 }
 
 /// One shard's outcome as the merge records it.
@@ -314,7 +316,7 @@ pub fn run(cfg: &ScaleConfig, opts: &ScaleOptions) -> Result<ScaleOutcome, Stage
                 continue;
             }
             let (c, slice) = shard_slice(cfg, &inh.config, i);
-            run_slice(&c, &slice, &PilotOptions { progress: opts.progress, device: crate::model::DeviceSpec::Cpu })?;
+            run_slice(&c, &slice, &PilotOptions { progress: opts.progress, device: opts.device })?;
             ran.push(i);
         }
     }

@@ -51,6 +51,8 @@ pub const ROUND_SHARD_BASE: u64 = 1_000_000;
 pub struct TestsetOptions {
     /// Progress bars.
     pub progress: Progress,
+    /// Where the model runs (a placement, not part of the recipe).
+    pub device: crate::model::DeviceSpec,
 }
 
 /// A candidate the check refused.
@@ -249,7 +251,7 @@ pub fn run(cfg: &TestsetConfig, opts: &TestsetOptions) -> Result<TestsetOutcome,
         };
         let m = match Manifest::read(&slice.run_dir) {
             Ok(m) if m.status == "complete" => m,
-            _ => run_slice(&rc, &slice, &PilotOptions { progress: opts.progress, device: crate::model::DeviceSpec::Cpu })?.manifest,
+            _ => run_slice(&rc, &slice, &PilotOptions { progress: opts.progress, device: opts.device })?.manifest,
         };
         first_round.get_or_insert(m);
         let accepted: Vec<Accepted> = crate::sandbox::read_jsonl(&slice.run_dir.join(files::ACCEPTED))?;

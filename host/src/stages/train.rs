@@ -23,7 +23,7 @@ use crate::config::train::TrainConfig;
 use crate::config::PluginConfig;
 use crate::model::tokenizer::Tokenizer;
 use crate::plugin::{ResponseRequest, Runtime, World};
-use crate::provenance::manifest::{environment, kiln_build, now, DatasetRecord, Gate, Manifest, MANIFEST_VERSION};
+use crate::provenance::manifest::{environment, kiln_build, now, DatasetRecord, Gate, Manifest, ModelRecord, MANIFEST_VERSION};
 use crate::provenance::{sha256_file, sha256_hex};
 use crate::train::{split, BaseModel, Example, LogLine, Report};
 
@@ -43,6 +43,8 @@ pub mod files {
 pub struct TrainRunOptions {
     /// Progress bars.
     pub progress: Progress,
+    /// Where the base and the adapters live.
+    pub device: crate::model::DeviceSpec,
 }
 
 /// What a finished training run reports.
@@ -133,7 +135,10 @@ pub fn run(cfg: &TrainConfig, opts: &TrainRunOptions) -> Result<TrainOutcome, St
         )));
     }
     let tokenizer = Tokenizer::from_gguf_file(&m.path).map_err(|e| StageError::Invalid(format!("model \"{}\": {e}", m.path.display())))?;
-    let model = timings.time("model_load", || BaseModel::load(&m.path)).map_err(|e| StageError::Invalid(e.to_string()))?;
+    let device = opts.device.open().map_err(|e| StageError::Invalid(format!("{file}: {e}")))?;
+    let model = timings
+        .time("model_load", || BaseModel::load_on(&m.path, &device))
+        .map_err(|e| StageError::Invalid(format!("model \"{}\" on {}: {e}", m.path.display(), opts.device)))?;
 
     // Render the examples with the run's template.
     let rt = Runtime::with_default_cache()?;
@@ -186,6 +191,7 @@ pub fn run(cfg: &TrainConfig, opts: &TrainRunOptions) -> Result<TrainOutcome, St
 
     // Train (resuming from the run's checkpoint when there is one).
     let bar = opts.progress.bar("train steps", steps as u64, 0);
+    let watch = crate::model::memory::MemoryWatch::start(&device);
     let t = Instant::now();
     let (adapters, train_log, report) = crate::train::train(&model, &s.train, &s.validation, &options, pad, &run, &|done, _, tps| {
         bar.set_position(done as u64);
@@ -194,6 +200,7 @@ pub fn run(cfg: &TrainConfig, opts: &TrainRunOptions) -> Result<TrainOutcome, St
     .map_err(|e| StageError::Invalid(format!("training run \"{}\": {e}", cfg.run_id)))?;
     bar.finish_and_clear();
     timings.add("train", t.elapsed());
+    let device_memory = watch.map(|w| w.finish());
 
     // Outputs.
     let t = Instant::now();
@@ -209,7 +216,9 @@ pub fn run(cfg: &TrainConfig, opts: &TrainRunOptions) -> Result<TrainOutcome, St
         "options": options,
         "split": {"train": s.train.len(), "validation": s.validation.len(), "too_long": s.too_long, "unrendered": unrendered},
         "max_seq_len": cfg.max_seq_len,
+        "device": opts.device.to_string(),
         "peak_rss_bytes": peak,
+        "device_memory": device_memory,
         "timings": timings.entries(),
     });
     let mut out_files = BTreeMap::new();
@@ -247,7 +256,7 @@ pub fn run(cfg: &TrainConfig, opts: &TrainRunOptions) -> Result<TrainOutcome, St
         config_hash: state.config_hash.clone(),
         seed: cfg.options.seed,
         count: s.train.len(),
-        model: data.manifest.model.clone(),
+        model: ModelRecord { device: (opts.device != crate::model::DeviceSpec::Cpu).then(|| opts.device.to_string()), ..data.manifest.model.clone() },
         guard: data.manifest.guard.clone(),
         plugins: vec![template.record()],
         sampling: BTreeMap::new(),

@@ -190,3 +190,59 @@ impl CustomOp1 for HeadNll {
         Ok(acc)
     }
 }
+
+/// Logits made at once by [`tiled_head_nll`]: about 64 M values (256 MiB of f32).
+const HEAD_TILE_VALUES: usize = 64 << 20;
+
+/// The tensor-operation form of [`HeadNll`], for any device: per-row negative log-likelihood
+/// of `targets` under `softmax(h W^T)` for h: (n, hidden) and the dense head W: (vocabulary,
+/// hidden), with the logits made a tile of rows of W at a time, and, when `grad`, the gradient
+/// of the summed NLL with respect to h: `sum_j softmax_ij W_j - W_(target_i)`, from a second
+/// pass over the same tiles. Neither result carries a graph.
+pub fn tiled_head_nll(h: &Tensor, w: &Tensor, targets: &[u32], grad: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let (n, d) = h.dims2()?;
+    let (vocab, cols) = w.dims2()?;
+    if cols != d {
+        candle_core::bail!("hidden rows of width {d} for a head of {vocab} x {cols}");
+    }
+    if n != targets.len() {
+        candle_core::bail!("{n} hidden rows for {} targets", targets.len());
+    }
+    if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("target token {t} is outside the vocabulary of {vocab}");
+    }
+    let h = h.detach().contiguous()?;
+    let rows = Tensor::from_slice(targets, n, h.device())?;
+    let picked = w.index_select(&rows, 0)?;
+    let target = (&h * &picked)?.sum(1)?;
+    let step = (HEAD_TILE_VALUES / n.max(1)).clamp(1, vocab.max(1));
+    let tiles: Vec<(usize, usize)> = (0..vocab).step_by(step).map(|s| (s, step.min(vocab - s))).collect();
+    let logits = |s: usize, len: usize| h.matmul(&w.narrow(0, s, len)?.t()?);
+    // Running (max, sum of exp) per row over the tiles.
+    let mut run: Option<(Tensor, Tensor)> = None;
+    for &(s, len) in &tiles {
+        let z = logits(s, len)?;
+        let m = z.max_keepdim(1)?;
+        let e = z.broadcast_sub(&m)?.exp()?.sum_keepdim(1)?;
+        run = Some(match run {
+            None => (m, e),
+            Some((m0, e0)) => {
+                let mx = m0.maximum(&m)?;
+                let e = ((e0 * (m0 - &mx)?.exp()?)? + (e * (m - &mx)?.exp()?)?)?;
+                (mx, e)
+            }
+        });
+    }
+    let (m, e) = run.ok_or_else(|| candle_core::Error::Msg("an empty head".into()))?;
+    let lse = (m + e.log()?)?;
+    let nll = (lse.squeeze(1)? - target)?;
+    if !grad {
+        return Ok((nll, None));
+    }
+    let mut g = picked.neg()?;
+    for &(s, len) in &tiles {
+        let p = logits(s, len)?.broadcast_sub(&lse)?.exp()?;
+        g = (g + p.matmul(&w.narrow(0, s, len)?)?)?;
+    }
+    Ok((nll, Some(g)))
+}

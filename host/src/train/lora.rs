@@ -124,6 +124,17 @@ impl Adapters {
         Ok(Adapters { config: config.clone(), pairs })
     }
 
+    /// The same adapters as new trainable tensors on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Adapters, TrainError> {
+        let mut pairs = BTreeMap::new();
+        for (&k, p) in &self.pairs {
+            let a = Var::from_tensor(&p.a.as_tensor().to_device(device)?)?;
+            let b = Var::from_tensor(&p.b.as_tensor().to_device(device)?)?;
+            pairs.insert(k, Pair { a, b });
+        }
+        Ok(Adapters { config: self.config.clone(), pairs })
+    }
+
     /// The trainable tensors in a fixed order (A then B of each pair).
     pub fn vars(&self) -> Vec<&Var> {
         self.pairs.values().flat_map(|p| [&p.a, &p.b]).collect()

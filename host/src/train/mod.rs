@@ -3,6 +3,7 @@
 //! checkpoints that resume to the same bytes.
 
 pub mod data;
+pub mod dropout;
 pub mod error;
 pub mod frozen;
 pub mod lora;

@@ -1,6 +1,12 @@
 //! The base model for training: the GGUF's own quantized tensors, frozen, in a forward pass
 //! built from differentiable tensor operations (whole padded sequences, causal and
 //! sliding-window masks, no KV cache) with LoRA adapters on the chosen projections.
+//!
+//! The model lives on one device. On the CPU the frozen projections and the head are kiln's
+//! custom operations (`frozen.rs`); elsewhere (CUDA) they are plain tensor operations on the
+//! weight dequantized on the device: a projection multiplies by the dequantized weight, which the
+//! graph holds as a constant (one block's at a time under activation checkpointing), and the
+//! head's loss and gradient are computed tile by tile (`frozen::tiled_head_nll`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +17,7 @@ use candle_core::{Device, Tensor, D};
 use crate::model::{Arch, ModelConfig, ModelError};
 
 use super::error::TrainError;
-use super::frozen::{FrozenMatMul, HeadNll};
+use super::frozen::{tiled_head_nll, FrozenMatMul, HeadNll};
 use super::lora::{Adapters, MODULES};
 use super::rng::SplitMix;
 
@@ -38,6 +44,9 @@ pub struct BaseModel {
     head: Arc<QTensor>,
     final_norm: Tensor,
     blocks: Vec<Block>,
+    device: Device,
+    /// The head dequantized on the device, for the tensor-operation path.
+    head_dense: Option<Tensor>,
 }
 
 /// One padded batch: `rows` sequences of `len` tokens; `labels[i]` is the token position `i`
@@ -92,23 +101,33 @@ fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 impl BaseModel {
-    /// Load the frozen base from a GGUF file.
+    /// Load the frozen base from a GGUF file onto the CPU.
     pub fn load(path: &Path) -> Result<BaseModel, TrainError> {
-        let (mut file, content) = crate::model::engine::read_gguf(path)?;
-        Ok(BaseModel::from_gguf(&content, &mut file, path)?)
+        BaseModel::load_on(path, &Device::Cpu)
     }
 
-    /// Load from an open GGUF.
-    pub fn from_gguf<R: std::io::Read + std::io::Seek>(content: &gguf_file::Content, reader: &mut R, path: &Path) -> Result<BaseModel, ModelError> {
+    /// Load the frozen base from a GGUF file onto `device`.
+    pub fn load_on(path: &Path, device: &Device) -> Result<BaseModel, TrainError> {
+        let (mut file, content) = crate::model::engine::read_gguf(path)?;
+        Ok(BaseModel::from_gguf(&content, &mut file, path, device)?)
+    }
+
+    /// Load from an open GGUF onto `device`.
+    pub fn from_gguf<R: std::io::Read + std::io::Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        path: &Path,
+        device: &Device,
+    ) -> Result<BaseModel, ModelError> {
         let cfg = ModelConfig::from_metadata(&content.metadata, path)?;
         let fmt = |what: String| ModelError::Format { path: path.to_path_buf(), what };
         let mut tensor = |name: &str| -> Result<QTensor, ModelError> {
             if !content.tensor_infos.contains_key(name) {
                 return Err(fmt(format!("missing tensor {name}")));
             }
-            content.tensor(reader, name, &Device::Cpu).map_err(|e| fmt(format!("tensor {name}: {e}")))
+            content.tensor(reader, name, device).map_err(|e| fmt(format!("tensor {name}: {e}")))
         };
-        let dense = |q: QTensor| q.dequantize(&Device::Cpu);
+        let dense = |q: QTensor| q.dequantize(device);
         let embed = Arc::new(tensor("token_embd.weight")?);
         let head = if content.tensor_infos.contains_key("output.weight") { Arc::new(tensor("output.weight")?) } else { embed.clone() };
         let final_norm = dense(tensor("output_norm.weight")?)?;
@@ -138,7 +157,28 @@ impl BaseModel {
             let local_rope = window.is_some() && cfg.rope_base_local != cfg.rope_base;
             blocks.push(Block { attn_norm, ffn_norm, q_norm, k_norm, post_attn_norm, post_ffn_norm, proj, window, local_rope });
         }
-        Ok(BaseModel { cfg, embed, head, final_norm, blocks })
+        let mut model = BaseModel { cfg, embed, head, final_norm, blocks, device: device.clone(), head_dense: None };
+        model.use_tensor_ops(!device.is_cpu())?;
+        Ok(model)
+    }
+
+    /// The device the model is on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Compute the frozen projections and the head with plain tensor operations on weights
+    /// dequantized on the device (the default off the CPU) instead of kiln's CPU operations.
+    /// Both give the same loss and gradients; the tensor path keeps the dequantized head
+    /// (vocabulary x hidden, f32) for the model's lifetime.
+    pub fn use_tensor_ops(&mut self, on: bool) -> candle_core::Result<()> {
+        self.head_dense = if on { Some(self.head.dequantize(&self.device)?) } else { None };
+        Ok(())
+    }
+
+    /// True when the tensor-operation path is on.
+    pub fn tensor_ops(&self) -> bool {
+        self.head_dense.is_some()
     }
 
     /// Rotary cos/sin tables (len, head_dim / 2) for one base, computed as the engine does.
@@ -154,7 +194,7 @@ impl BaseModel {
                 sin.push(theta.sin() as f32);
             }
         }
-        Ok((Tensor::from_vec(cos, (1, len, 1, half), &Device::Cpu)?, Tensor::from_vec(sin, (1, len, 1, half), &Device::Cpu)?))
+        Ok((Tensor::from_vec(cos, (1, len, 1, half), &self.device)?, Tensor::from_vec(sin, (1, len, 1, half), &self.device)?))
     }
 
     /// Rotate x: (rows, len, heads, head_dim).
@@ -181,7 +221,7 @@ impl BaseModel {
     }
 
     /// Additive attention mask (len, len): causal, and within `window` when set.
-    fn mask(len: usize, window: Option<usize>) -> candle_core::Result<Tensor> {
+    fn mask(len: usize, window: Option<usize>, device: &Device) -> candle_core::Result<Tensor> {
         let mut m = vec![0f32; len * len];
         for p in 0..len {
             for k in 0..len {
@@ -191,20 +231,18 @@ impl BaseModel {
                 }
             }
         }
-        Tensor::from_vec(m, (len, len), &Device::Cpu)
+        Tensor::from_vec(m, (len, len), device)
     }
 
     /// A projection with its adapter: `x W^T + scale * dropout(x) A^T B^T`, x: (n, in).
     fn project(&self, l: usize, m: usize, x: &Tensor, adapters: Option<&Adapters>, dropout: Option<Dropout>) -> candle_core::Result<Tensor> {
-        let y = x.apply_op1(FrozenMatMul(self.blocks[l].proj[m].clone()))?;
+        let w = &self.blocks[l].proj[m];
+        let y = if self.tensor_ops() { x.matmul(&w.dequantize(&self.device)?.t()?)? } else { x.apply_op1(FrozenMatMul(w.clone()))? };
         let Some(pair) = adapters.and_then(|a| a.pairs.get(&(l, m))) else { return Ok(y) };
         let scale = adapters.expect("checked").config.scale();
         let x = match dropout {
             Some(d) if d.p > 0.0 => {
-                let mut rng = SplitMix::at(d.seed, &[l as u64, m as u64]);
-                let keep = 1.0 / (1.0 - d.p);
-                let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.unit() < d.p { 0.0 } else { keep as f32 }).collect();
-                (x * Tensor::from_vec(mask, x.shape(), &Device::Cpu)?)?
+                (x * super::dropout::mask(&SplitMix::at(d.seed, &[l as u64, m as u64]), d.p, x.shape().clone(), &self.device)?)?
             }
             _ => x.clone(),
         };
@@ -222,7 +260,7 @@ impl BaseModel {
         if let Some(&bad) = batch.ids.iter().find(|&&i| i as usize >= cfg.vocab) {
             return Err(TrainError::Config(format!("token id {bad} is outside the vocabulary of {}", cfg.vocab)));
         }
-        let ids = Tensor::from_slice(&batch.ids, b * t, &Device::Cpu)?;
+        let ids = Tensor::from_slice(&batch.ids, b * t, &self.device)?;
         let mut x = self.embed.embedding(&ids)?;
         if cfg.arch == Arch::Gemma3 {
             x = (x * (cfg.hidden as f64).sqrt())?;
@@ -230,7 +268,7 @@ impl BaseModel {
         let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
         for blk in &self.blocks {
             if !masks.iter().any(|(w, _)| *w == blk.window) {
-                masks.push((blk.window, Self::mask(t, blk.window)?));
+                masks.push((blk.window, Self::mask(t, blk.window, &self.device)?));
             }
         }
         let shared = Shared { rows: b, len: t, global: self.rope_tables(cfg.rope_base, t)?, local: self.rope_tables(cfg.rope_base_local, t)?, masks };
@@ -297,18 +335,32 @@ impl BaseModel {
         Ok(rms_norm(&x, &self.final_norm, self.cfg.eps)?)
     }
 
-    /// The summed NLL of the labelled positions of `h` (hidden after the final norm).
-    fn head_nll(&self, h: &Tensor, batch: &Batch) -> Result<(Tensor, usize), TrainError> {
+    /// The summed NLL of the labelled positions of `h` (hidden after the final norm), a scalar
+    /// that carries gradients to `h` when `grad`, and the positions it covers.
+    fn head_nll(&self, h: &Tensor, batch: &Batch, grad: bool) -> Result<(Tensor, usize), TrainError> {
         let (rows, targets): (Vec<u32>, Vec<u32>) =
             batch.labels.iter().enumerate().filter_map(|(i, l)| l.map(|t| (i as u32, t))).unzip();
         if rows.is_empty() {
             return Ok(((h.sum_all()? * 0.0)?, 0));
         }
-        let idx = Tensor::from_vec(rows, targets.len(), &Device::Cpu)?;
-        let picked = h.index_select(&idx, 0)?.contiguous()?;
         let n = targets.len();
-        let nll = picked.apply_op1(HeadNll::new(self.head.clone(), targets))?;
-        Ok((nll.sum_all()?, n))
+        let idx = Tensor::from_vec(rows, n, &self.device)?;
+        let picked = h.index_select(&idx, 0)?.contiguous()?;
+        let Some(w) = &self.head_dense else {
+            let nll = picked.apply_op1(HeadNll::new(self.head.clone(), targets))?;
+            return Ok((nll.sum_all()?, n));
+        };
+        let (nll, g) = tiled_head_nll(&picked.detach(), w, &targets, grad)?;
+        let value = nll.sum_all()?;
+        Ok(match g {
+            // A scalar whose value is the NLL and whose gradient with respect to `picked` is g.
+            Some(g) => {
+                let surrogate = (&picked * g)?.sum_all()?;
+                let offset = (value - surrogate.detach())?;
+                ((surrogate + offset)?, n)
+            }
+            None => (value, n),
+        })
     }
 
     /// The summed NLL (as a number), the positions it covers, and the gradients of
@@ -323,13 +375,14 @@ impl BaseModel {
             inputs.push(y);
         }
         let vars = adapters.vars();
-        let mut grads: Vec<Vec<f32>> = vars.iter().map(|v| vec![0f32; v.elem_count()]).collect();
+        // Gradients stay on the device until the pass is done (one copy each at the end).
+        let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
         let last = candle_core::Var::from_tensor(inputs.last().expect("one output"))?;
         let h = rms_norm(last.as_tensor(), &self.final_norm, self.cfg.eps)?;
-        let (nll, n) = self.head_nll(&h, batch)?;
+        let (nll, n) = self.head_nll(&h, batch, true)?;
         let total = nll.to_scalar::<f32>()? as f64;
         if n == 0 {
-            return Ok((0.0, 0, grads));
+            return Ok((0.0, 0, vars.iter().map(|v| vec![0f32; v.elem_count()]).collect()));
         }
         let store = (nll * scale)?.backward()?;
         let mut upstream = store.get(last.as_tensor()).cloned().ok_or_else(|| TrainError::Config("no gradient reached the last block".into()))?;
@@ -342,15 +395,23 @@ impl BaseModel {
                 let (Some(&i), Some(pair)) = (index.get(&(l, m)), adapters.pairs.get(&(l, m))) else { continue };
                 for (j, var) in [&pair.a, &pair.b].into_iter().enumerate() {
                     if let Some(g) = store.get(var.as_tensor()) {
-                        for (acc, v) in grads[i + j].iter_mut().zip(g.flatten_all()?.to_vec1::<f32>()?) {
-                            *acc += v;
-                        }
+                        acc[i + j] = Some(match acc[i + j].take() {
+                            None => g.clone(),
+                            Some(a) => (a + g)?,
+                        });
                     }
                 }
             }
             if l > 0 {
                 upstream = store.get(input.as_tensor()).cloned().ok_or_else(|| TrainError::Config(format!("no gradient reached block {l}'s input")))?;
             }
+        }
+        let mut grads = Vec::with_capacity(vars.len());
+        for (a, v) in acc.into_iter().zip(&vars) {
+            grads.push(match a {
+                Some(t) => t.flatten_all()?.to_vec1::<f32>()?,
+                None => vec![0f32; v.elem_count()],
+            });
         }
         Ok((total, n, grads))
     }
@@ -359,14 +420,22 @@ impl BaseModel {
     /// gradients to the adapters) and how many positions it covers.
     pub fn nll(&self, batch: &Batch, adapters: Option<&Adapters>, dropout: Option<Dropout>) -> Result<(Tensor, usize), TrainError> {
         let hidden = self.hidden(batch, adapters, dropout)?;
-        self.head_nll(&hidden, batch)
+        self.head_nll(&hidden, batch, true)
+    }
+
+    /// The summed NLL of the batch's labelled positions as a number (no dropout, and no
+    /// gradient), and how many positions it covers.
+    pub fn nll_value(&self, batch: &Batch, adapters: Option<&Adapters>) -> Result<(f64, usize), TrainError> {
+        let hidden = self.hidden(batch, adapters, None)?.detach();
+        let (nll, n) = self.head_nll(&hidden, batch, false)?;
+        Ok((nll.to_scalar::<f32>()? as f64, n))
     }
 
     /// Log-probabilities (rows * len, vocabulary) of every position, for checks against the
     /// engine and against other implementations. Small models only: it makes the whole logits.
     pub fn log_probs(&self, batch: &Batch, adapters: Option<&Adapters>) -> Result<Tensor, TrainError> {
         let hidden = self.hidden(batch, adapters, None)?;
-        let w = self.head.dequantize(&Device::Cpu)?;
+        let w = self.head.dequantize(&self.device)?;
         let logits = hidden.matmul(&w.t()?)?;
         Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
     }

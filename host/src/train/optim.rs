@@ -2,7 +2,7 @@
 //! cosine-decay schedule (as transformers' `get_cosine_schedule_with_warmup`) and global
 //! gradient-norm clipping. The state is plain vectors so a checkpoint holds it exactly.
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::error::TrainError;
@@ -78,7 +78,7 @@ impl AdamW {
                 pk -= lr * (mk / bc1) / ((vk / bc2).sqrt() + c.eps);
                 p[k] = pk as f32;
             }
-            var.set(&Tensor::from_vec(p, var.shape(), &Device::Cpu)?)?;
+            var.set(&Tensor::from_vec(p, var.shape(), var.device())?)?;
         }
         Ok(())
     }

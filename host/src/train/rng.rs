@@ -31,6 +31,22 @@ impl SplitMix {
         Self::mix(self.0.wrapping_sub(0x9E37_79B9_7F4A_7C15))
     }
 
+    /// Draw `i` of this stream (0: the next), without drawing: the stream is counter-based.
+    pub fn peek_u64(&self, i: u64) -> u64 {
+        Self::mix(self.0.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+    }
+
+    /// The stream's state: with [`SplitMix::peek_u64`]'s rule, what a device kernel needs to
+    /// make the same draws.
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    /// A 64-bit draw as a unit value in [0, 1) (its top 53 bits).
+    pub fn to_unit(x: u64) -> f64 {
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64

@@ -122,8 +122,8 @@ pub fn mean_loss(model: &BaseModel, adapters: Option<&Adapters>, examples: &[Exa
     for chunk in order.chunks(batch.max(1)) {
         let refs: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
         let b = collate(&refs, pad);
-        let (nll, k) = model.nll(&b, adapters, None)?;
-        sum += nll.to_scalar::<f32>()? as f64;
+        let (nll, k) = model.nll_value(&b, adapters)?;
+        sum += nll;
         n += k;
     }
     Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
@@ -181,7 +181,7 @@ fn load_checkpoint(dir: &RunDir, fp: &str, fresh: &Adapters, config: &AdamWConfi
     opt.steps = num("adam_steps")?;
     for (i, v) in vars.iter().enumerate() {
         let n = v.elem_count();
-        v.set(&Tensor::from_vec(read(format!("param.{i:05}"), n)?, v.shape(), &Device::Cpu)?)?;
+        v.set(&Tensor::from_vec(read(format!("param.{i:05}"), n)?, v.shape(), v.device())?)?;
         opt.m[i] = read(format!("adam_m.{i:05}"), n)?;
         opt.v[i] = read(format!("adam_v.{i:05}"), n)?;
     }
@@ -226,7 +226,7 @@ pub fn train(
     }
     let started = Instant::now();
     let fp = fingerprint(opts, train, validation);
-    let fresh = Adapters::init(&model.cfg, &opts.lora, opts.seed)?;
+    let fresh = Adapters::init(&model.cfg, &opts.lora, opts.seed)?.to_device(model.device())?;
     let (start, adapters, mut opt) = match load_checkpoint(dir, &fp, &fresh, &opts.optimizer)? {
         Some(c) => (c.step, c.adapters, c.optimizer),
         None => {
