@@ -7,7 +7,8 @@
 //! it comes and once with gradient checkpointing, each as a column with its ratio.
 //!
 //! Run: `cargo bench --bench train -- [--model FILE] [--threads 2] [--steps 3] [--warmup 1]
-//! [--peer PYTHON] [--batch 8]`.
+//! [--peer PYTHON] [--batch 8] [--profile]` (`--profile`: kiln's time per phase, on kiln's
+//! side only).
 //!
 //! On a GPU (a `--features cuda` build, carried to the device: benches/gpu/run.sh train), only
 //! kiln's side runs here: `--side kiln --device cuda --batch B` prints kiln's figures as JSON,
@@ -86,6 +87,10 @@ struct Figures {
     batch: usize,
     #[serde(default)]
     device_peak_mib: Option<f64>,
+    /// With `--profile`: seconds and calls per phase, over every step (each phase waits for
+    /// the device, so the steps run slower).
+    #[serde(default)]
+    phases: serde_json::Value,
 }
 
 /// Token ids away from the special tokens at the start of the vocabulary: the same work as text.
@@ -114,8 +119,10 @@ fn kiln_steps(m: &BaseModel, t0: Instant, ids: &[Vec<u32>], warmup: usize, steps
         let dropout = Some(Dropout { p: DROPOUT, seed: SplitMix::at(3, &[step as u64]).next_u64() });
         // The trainer's own step: activation checkpointing per block.
         let (nll, _, mut grads) = m.nll_backward(&batch, &adapters, dropout, 1.0 / targets as f64).unwrap();
-        clip_global_norm(&mut grads, MAX_GRAD_NORM);
-        opt.step(&vars, &grads, LR).unwrap();
+        kiln::model::profile::phase(m.device(), "train:optimizer", || {
+            clip_global_norm(&mut grads, MAX_GRAD_NORM);
+            opt.step(&vars, &grads, LR).unwrap();
+        });
         m.device().synchronize().unwrap();
         step_s.push(t.elapsed().as_secs_f64());
         loss.push(nll / targets as f64);
@@ -133,6 +140,7 @@ fn kiln_steps(m: &BaseModel, t0: Instant, ids: &[Vec<u32>], warmup: usize, steps
         device: format!("{:?}", m.device().location()),
         batch: ids.len(),
         device_peak_mib,
+        phases: kiln::model::profile::take(),
     }
 }
 
@@ -186,6 +194,7 @@ fn main() {
         .unwrap_or_else(|| std::env::var_os("KILN_PEFT_VENV").map(PathBuf::from).unwrap_or_else(|| root().join(".venv-peft")).join("bin/python"));
     let batch: usize = arg(&args, "--batch").map(|s| s.parse().unwrap()).unwrap_or(DEFAULT_BATCH);
     if arg(&args, "--side").as_deref() == Some("kiln") {
+        kiln::model::profile::enable(args.iter().any(|a| a == "--profile"));
         let spec: kiln::model::DeviceSpec = arg(&args, "--device").unwrap_or_else(|| "cpu".into()).parse().unwrap();
         let device = spec.open().unwrap();
         // What the device used before the model (the CUDA context, other processes).

@@ -1,7 +1,8 @@
 """The peer of benches/gpu/run.sh: Hugging Face transformers on the same GPU, gemma-3-270m's
 shape (Gemma3TextConfig as in the GGUF: 18 layers, hidden 640, 4 heads of 256, 1 KV head,
-FFN 2048, vocabulary 262 144, sliding window 512 on five layers of six) in bf16 with random
-weights (throughput does not depend on the weights' values).
+FFN 2048, vocabulary 262 144, sliding window 512 on five layers of six; with KILN_SHAPE=1b
+gemma3-1b's: 26 layers, hidden 1152, FFN 6912) in bf16 with random weights (throughput does
+not depend on the weights' values).
 
     python3 benches/gpu/hf_peer.py generate 1 16 64 256   # 128-token prompts, 128 sampled tokens
     python3 benches/gpu/hf_peer.py score 64               # one forward of 64 x 256 tokens
@@ -17,6 +18,7 @@ tensors and of reserved memory (allocated plus its cache), from after loading.
 Prints one JSON line per measurement, as kiln's --stats does.
 """
 import json
+import os
 import sys
 import time
 
@@ -24,13 +26,19 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 
+# KILN_SHAPE (run.sh): 270m, or 1b - gemma3-1b's shape, as benches/gpu/random_gguf.py writes it.
+SHAPES = {"270m": dict(hidden_size=640, intermediate_size=2048, num_hidden_layers=18),
+          "1b": dict(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26)}
+
+
 def model():
+    shape = SHAPES[os.environ.get("KILN_SHAPE", "270m")]
+    layers = shape["num_hidden_layers"]
     cfg = Gemma3TextConfig(
-        vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512,
+        vocab_size=262144, num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512,
         rope_theta=1_000_000.0, max_position_embeddings=32768, query_pre_attn_scalar=256,
-        layer_types=["sliding_attention"] * 5 + ["full_attention"] + ["sliding_attention"] * 5 + ["full_attention"]
-        + ["sliding_attention"] * 5 + ["full_attention"],
+        layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)],
+        **shape,
     )
     torch.manual_seed(0)
     m = Gemma3ForCausalLM(cfg).to(device="cuda", dtype=torch.bfloat16).eval()

@@ -9,6 +9,7 @@
 #           part per call: the device takes 64 MiB a call)
 #   there:  bash benches/gpu/run.sh check|speed|profile|hf [batch sizes...] | pilot [devices...]
 #           | train [batch sizes...] | reference [scale count]
+#           (KILN_SHAPE=1b before any of check|speed|profile|hf|train: gemma3-1b's shape, random)
 #           (pilot needs plugins/dist/*.wasm carried too; train needs the training bench built
 #           for CUDA: scripts/build-cuda.sh --bench, carried as .cuda-carry/train-bench.xz)
 #
@@ -38,6 +39,14 @@ if [ ! -f "$gguf" ]; then
         exit 0
     fi
 fi
+# KILN_SHAPE=1b: the same runs on gemma3-1b's shape with random weights (random_gguf.py; the
+# peer builds the same shape), kept in the store while the machine is held.
+if [ "${KILN_SHAPE:-270m}" = 1b ]; then
+    big="$store/gemma3-1b-random-q8_0.gguf"
+    [ -f "$big" ] || python3 benches/gpu/random_gguf.py "$gguf" "$big"
+    gguf="$big"
+fi
+export KILN_SHAPE="${KILN_SHAPE:-270m}"
 eval "$(bash scripts/cuda-libs.sh)"
 out="${OUT:-/tmp/gpu-out}"
 mkdir -p "$out"
@@ -153,6 +162,9 @@ train)
         "$bench" --side kiln --device cuda --model "$gguf" --batch "$b" --steps 5 --warmup 2 >"$out/train-kiln-$b.json"
         cat "$out/train-kiln-$b.json"
     done
+    # Where a step's time goes (each phase waits for the device), at the first batch size.
+    "$bench" --side kiln --device cuda --model "$gguf" --batch "${sizes%% *}" --steps 2 --warmup 1 --profile \
+        | python3 -c 'import json, sys; f = json.load(sys.stdin); print(json.dumps({"profile_batch": f["batch"], "step_s": f["step_s"], "phases": {k: round(v["seconds"], 4) for k, v in f["phases"].items()}}))'
     python3 benches/gpu/hf_peer.py train $sizes | tee "$out/train-hf.jsonl"
     python3 - "$out" $sizes <<'PY'
 import json, sys
@@ -175,6 +187,8 @@ reference)
     # on the CPU.
     count="${2:-1000}"
     export KILN_MODEL_DIR="$store"
+    # The cache's marker (sha256 and size), so that the configs' model name finds the file.
+    echo "$want $(stat -c %s "$gguf")" >"$gguf.sha256"
     for r in pilot scale testset train eval-adapter; do rm -rf "artifacts/$r"; done
     stage() { # NAME COMMAND...: run, time, keep the summary
         local name="$1"; shift

@@ -134,7 +134,7 @@ impl Linear {
         } else if !x.device().is_cpu() && x.rank() == 2 && x.dim(0)? >= DENSE_ROWS {
             // Many rows at once (prompts, scoring): the weight dequantized on the device and a
             // dense product on the tensor cores beat the quantized kernels, which have none.
-            x.matmul(&self.raw.dequantize(x.device())?.t()?)?
+            phase(x.device(), "dense-products", || x.matmul(&self.raw.dequantize(x.device())?.t()?))?
         } else if self.pad_single && x.dim(0)? == 1 {
             self.weight.forward(&Tensor::cat(&[x, x], 0)?)?.narrow(0, 0, 1)?
         } else {
@@ -959,10 +959,12 @@ impl Model {
             let (_, rows, mask, l) = g.per.iter().find(|d| d.0 == layer.window).expect("a plan for every window");
             let (p, t) = (g.p, g.t);
             // (P * T, heads * head_dim) -> (P, kv_heads, group * T, head_dim)
-            let qs = q.index_select(&g.queries, 0)?.reshape((p, t, nkv, group, hd))?.permute((0, 2, 3, 1, 4))?.reshape((p, nkv, group * t, hd))?.contiguous()?;
+            let qs = phase(dev, "attention:layout", || {
+                q.index_select(&g.queries, 0)?.reshape((p, t, nkv, group, hd))?.permute((0, 2, 3, 1, 4))?.reshape((p, nkv, group * t, hd))?.contiguous()
+            })?;
             let o = attend(&qs, rows, mask, p, *l, t)?; // (P, kv_heads, group * T, head_dim)
-            let o = o.reshape((p, nkv, group, t, hd))?.permute((0, 3, 1, 2, 4))?.reshape((p * t, nh * hd))?;
-            outs.push(o.index_select(&g.real, 0)?);
+            let o = phase(dev, "attention:layout", || o.reshape((p, nkv, group, t, hd))?.permute((0, 3, 1, 2, 4))?.reshape((p * t, nh * hd))?.index_select(&g.real, 0))?;
+            outs.push(o);
         }
         let out = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? };
         Ok(match &plan.unpermute {

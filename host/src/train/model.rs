@@ -20,6 +20,7 @@ use super::error::TrainError;
 use super::frozen::{tiled_head_nll, FrozenMatMul, HeadNll};
 use super::lora::{Adapters, MODULES};
 use super::rng::SplitMix;
+use crate::model::profile::phase;
 
 /// GGUF names of the projections, in [`MODULES`] order.
 pub(crate) const GGUF_NAMES: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
@@ -237,7 +238,13 @@ impl BaseModel {
     /// A projection with its adapter: `x W^T + scale * dropout(x) A^T B^T`, x: (n, in).
     fn project(&self, l: usize, m: usize, x: &Tensor, adapters: Option<&Adapters>, dropout: Option<Dropout>) -> candle_core::Result<Tensor> {
         let w = &self.blocks[l].proj[m];
-        let y = if self.tensor_ops() { x.matmul(&w.dequantize(&self.device)?.t()?)? } else { x.apply_op1(FrozenMatMul(w.clone()))? };
+        let y = phase(&self.device, "train:frozen-proj", || -> candle_core::Result<Tensor> {
+            if self.tensor_ops() {
+                x.matmul(&w.dequantize(&self.device)?.t()?)
+            } else {
+                x.apply_op1(FrozenMatMul(w.clone()))
+            }
+        })?;
         let Some(pair) = adapters.and_then(|a| a.pairs.get(&(l, m))) else { return Ok(y) };
         let scale = adapters.expect("checked").config.scale();
         let x = match dropout {
@@ -246,8 +253,10 @@ impl BaseModel {
             }
             _ => x.clone(),
         };
-        let delta = x.matmul(&pair.a.as_tensor().t()?)?.matmul(&pair.b.as_tensor().t()?)?;
-        y + (delta * scale)?
+        phase(&self.device, "train:adapter", || {
+            let delta = x.matmul(&pair.a.as_tensor().t()?)?.matmul(&pair.b.as_tensor().t()?)?;
+            y + (delta * scale)?
+        })
     }
 
     /// The batch's embeddings and what every block needs: rotary tables and masks.
@@ -304,8 +313,10 @@ impl BaseModel {
         };
         let (k, v) = (expand(k)?, expand(v)?);
         let mask = &sh.masks.iter().find(|(w, _)| *w == blk.window).expect("a mask per window").1;
-        let scores = (q.matmul(&k.t()?)? * cfg.attn_scale as f64)?.broadcast_add(mask)?;
-        let att = softmax(&scores)?.matmul(&v)?;
+        let att = phase(&self.device, "train:attention", || -> candle_core::Result<Tensor> {
+            let scores = (q.matmul(&k.t()?)? * cfg.attn_scale as f64)?.broadcast_add(mask)?;
+            softmax(&scores)?.matmul(&v)
+        })?;
         let att = att.transpose(1, 2)?.reshape((n, nh * hd))?;
         let mut a = self.project(l, 3, &att, adapters, drop(3))?;
         if let Some(pn) = &blk.post_attn_norm {
@@ -368,10 +379,11 @@ impl BaseModel {
     /// checkpointing: the forward pass keeps only each block's input, and the backward pass
     /// recomputes one block at a time, so memory holds one block's graph instead of all.
     pub fn nll_backward(&self, batch: &Batch, adapters: &Adapters, dropout: Option<Dropout>, scale: f64) -> Result<(f64, usize, Vec<Vec<f32>>), TrainError> {
-        let (x0, sh) = self.prepare(batch)?;
+        let dev = &self.device;
+        let (x0, sh) = phase(dev, "train:prepare", || self.prepare(batch))?;
         let mut inputs = vec![x0];
         for l in 0..self.blocks.len() {
-            let y = self.block(l, inputs.last().expect("one input"), &sh, Some(adapters), dropout)?.detach();
+            let y = phase(dev, "train:forward", || self.block(l, inputs.last().expect("one input"), &sh, Some(adapters), dropout))?.detach();
             inputs.push(y);
         }
         let vars = adapters.vars();
@@ -379,18 +391,18 @@ impl BaseModel {
         let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
         let last = candle_core::Var::from_tensor(inputs.last().expect("one output"))?;
         let h = rms_norm(last.as_tensor(), &self.final_norm, self.cfg.eps)?;
-        let (nll, n) = self.head_nll(&h, batch, true)?;
+        let (nll, n) = phase(dev, "train:head", || self.head_nll(&h, batch, true))?;
         let total = nll.to_scalar::<f32>()? as f64;
         if n == 0 {
             return Ok((0.0, 0, vars.iter().map(|v| vec![0f32; v.elem_count()]).collect()));
         }
-        let store = (nll * scale)?.backward()?;
+        let store = phase(dev, "train:head-backward", || (nll * scale)?.backward())?;
         let mut upstream = store.get(last.as_tensor()).cloned().ok_or_else(|| TrainError::Config("no gradient reached the last block".into()))?;
         let index: std::collections::HashMap<(usize, usize), usize> = adapters.pairs.keys().enumerate().map(|(i, k)| (*k, 2 * i)).collect();
         for l in (0..self.blocks.len()).rev() {
             let input = candle_core::Var::from_tensor(&inputs[l])?;
-            let y = self.block(l, input.as_tensor(), &sh, Some(adapters), dropout)?;
-            let store = (y * &upstream)?.sum_all()?.backward()?;
+            let y = phase(dev, "train:recompute", || self.block(l, input.as_tensor(), &sh, Some(adapters), dropout))?;
+            let store = phase(dev, "train:backward", || (y * &upstream)?.sum_all()?.backward())?;
             for m in 0..MODULES.len() {
                 let (Some(&i), Some(pair)) = (index.get(&(l, m)), adapters.pairs.get(&(l, m))) else { continue };
                 for (j, var) in [&pair.a, &pair.b].into_iter().enumerate() {
@@ -406,13 +418,15 @@ impl BaseModel {
                 upstream = store.get(input.as_tensor()).cloned().ok_or_else(|| TrainError::Config(format!("no gradient reached block {l}'s input")))?;
             }
         }
-        let mut grads = Vec::with_capacity(vars.len());
-        for (a, v) in acc.into_iter().zip(&vars) {
-            grads.push(match a {
-                Some(t) => t.flatten_all()?.to_vec1::<f32>()?,
-                None => vec![0f32; v.elem_count()],
-            });
-        }
+        let grads = phase(dev, "train:grads-to-host", || -> candle_core::Result<Vec<Vec<f32>>> {
+            acc.into_iter()
+                .zip(&vars)
+                .map(|(a, v)| match a {
+                    Some(t) => t.flatten_all()?.to_vec1::<f32>(),
+                    None => Ok(vec![0f32; v.elem_count()]),
+                })
+                .collect()
+        })?;
         Ok((total, n, grads))
     }
 
