@@ -747,6 +747,11 @@ fn train_refuses_ungated_data_and_resumes_after_sigkill_to_the_same_adapter() {
     let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(out["report"]["resumed_from"].as_u64().unwrap() > 0, "the second run did not resume: {out}");
     assert_eq!(std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap(), adapter, "the resumed adapter differs");
+    // A device this build lacks is an error that names it, before anything is written.
+    let o = stage("train", &tcfg, &["--run-id", "gpu", "--device", "cuda:1"], &[], EPOCH);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("device cuda:1: this kiln is built without CUDA"), "{}", text(&o));
+    assert!(!f.artifacts().join("gpu").join("manifest.json").exists());
 
     // A run whose gate failed, a dataset changed after its run, and a folder without a manifest.
     let failing = f.config("fail.toml", "run_id = \"failed\"", "[plugins.qc_rules.config]\nmax_empty_rate = 0.0\n");

@@ -3,6 +3,7 @@
 //! gradient-norm clipping. The state is plain vectors so a checkpoint holds it exactly.
 
 use candle_core::{Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::error::TrainError;
@@ -68,16 +69,17 @@ impl AdamW {
         for (i, var) in vars.iter().enumerate() {
             let mut p = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
             let (m, v, g) = (&mut self.m[i], &mut self.v[i], &grads[i]);
-            for k in 0..p.len() {
-                let gk = g[k] as f64;
-                let mk = c.beta1 * m[k] as f64 + (1.0 - c.beta1) * gk;
-                let vk = c.beta2 * v[k] as f64 + (1.0 - c.beta2) * gk * gk;
-                m[k] = mk as f32;
-                v[k] = vk as f32;
-                let mut pk = p[k] as f64 * (1.0 - lr * c.weight_decay);
-                pk -= lr * (mk / bc1) / ((vk / bc2).sqrt() + c.eps);
-                p[k] = pk as f32;
-            }
+            // Every element on its own (in parallel): the same bytes whatever the threads.
+            p.par_iter_mut().zip(m.par_iter_mut()).zip(v.par_iter_mut()).zip(g.par_iter()).for_each(|(((pk, mk), vk), &gk)| {
+                let gk = gk as f64;
+                let m1 = c.beta1 * *mk as f64 + (1.0 - c.beta1) * gk;
+                let v1 = c.beta2 * *vk as f64 + (1.0 - c.beta2) * gk * gk;
+                *mk = m1 as f32;
+                *vk = v1 as f32;
+                let mut p1 = *pk as f64 * (1.0 - lr * c.weight_decay);
+                p1 -= lr * (m1 / bc1) / ((v1 / bc2).sqrt() + c.eps);
+                *pk = p1 as f32;
+            });
             var.set(&Tensor::from_vec(p, var.shape(), var.device())?)?;
         }
         Ok(())
