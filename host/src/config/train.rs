@@ -91,7 +91,7 @@ pub struct TrainingSection {
     /// Checkpoint every this many steps (default 10).
     pub checkpoint_every: Option<usize>,
     /// Recompute each block during the backward pass instead of keeping every block's
-    /// activations (default true: memory for one block's graph, one more forward pass).
+    /// activations (default true: memory for one block's graph, about a third more compute).
     pub activation_checkpointing: Option<bool>,
 }
 
