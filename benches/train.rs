@@ -7,10 +7,8 @@
 //! it comes and once with gradient checkpointing, each as a column with its ratio.
 //!
 //! Run: `cargo bench --bench train -- [--model FILE] [--threads 2] [--steps 3] [--warmup 1]
-//! [--peer PYTHON] [--batch 8] [--profile] [--no-checkpointing]` (`--profile`: kiln's time
-//! per phase, on kiln's side only; `--no-checkpointing`: kiln's step keeps the whole graph, as
-//! `activation_checkpointing = false` in a train config, instead of recomputing each block).
-//! kiln's side is run once each way, as peft is.
+//! [--peer PYTHON] [--batch 8] [--profile]` (`--profile`: kiln's time per phase, on kiln's
+//! side only).
 //!
 //! On a GPU (a `--features cuda` build, carried to the device: benches/gpu/run.sh train), only
 //! kiln's side runs here: `--side kiln --device cuda --batch B` prints kiln's figures as JSON,
@@ -101,7 +99,7 @@ fn batch_ids(vocab: usize, batch: usize) -> Vec<Vec<u32>> {
     (0..batch).map(|_| (0..SEQ).map(|_| (1000 + rng.below(vocab.min(200_000) - 1000)) as u32).collect()).collect()
 }
 
-fn kiln_steps(m: &BaseModel, t0: Instant, ids: &[Vec<u32>], warmup: usize, steps: usize, device_start: Option<usize>, checkpointing: bool) -> Figures {
+fn kiln_steps(m: &BaseModel, t0: Instant, ids: &[Vec<u32>], warmup: usize, steps: usize, device_start: Option<usize>) -> Figures {
     let lora = LoraConfig { r: R, lora_alpha: ALPHA, lora_dropout: DROPOUT, target_modules: MODULES.iter().map(|s| s.to_string()).collect() };
     let adapters = Adapters::init(&m.cfg, &lora, 1).unwrap().to_device(m.device()).unwrap();
     let vars = adapters.vars();
@@ -120,12 +118,7 @@ fn kiln_steps(m: &BaseModel, t0: Instant, ids: &[Vec<u32>], warmup: usize, steps
         let t = Instant::now();
         let dropout = Some(Dropout { p: DROPOUT, seed: SplitMix::at(3, &[step as u64]).next_u64() });
         // The trainer's own step: activation checkpointing per block.
-        let scale = 1.0 / targets as f64;
-        let (nll, _, mut grads) = if checkpointing {
-            m.nll_backward(&batch, &adapters, dropout, scale).unwrap()
-        } else {
-            m.nll_backward_whole(&batch, &adapters, dropout, scale).unwrap()
-        };
+        let (nll, _, mut grads) = m.nll_backward(&batch, &adapters, dropout, 1.0 / targets as f64).unwrap();
         kiln::model::profile::phase(m.device(), "train:optimizer", || {
             clip_global_norm(&mut grads, MAX_GRAD_NORM);
             opt.step(&vars, &grads, LR).unwrap();
@@ -209,7 +202,7 @@ fn main() {
         let t0 = Instant::now();
         let m = BaseModel::load_on(&path, &device).unwrap();
         let ids = batch_ids(m.cfg.vocab, batch);
-        let f = kiln_steps(&m, t0, &ids, warmup, steps, device_start, !args.iter().any(|a| a == "--no-checkpointing"));
+        let f = kiln_steps(&m, t0, &ids, warmup, steps, device_start);
         println!("{}", serde_json::to_string(&f).unwrap());
         return;
     }
@@ -219,23 +212,16 @@ fn main() {
         "kiln QLoRA vs PyTorch peft LoRA (f32 base), {}, {threads} threads: batch {batch} x {SEQ} tokens, r = {R}, 7 projections, {warmup} warm-up + {steps} measured steps",
         path.file_name().unwrap().to_string_lossy()
     );
-    // kiln's side in a process of its own, once keeping the whole graph and once recomputing
-    // each block (the trainer's default), before the peer.
-    let mut ours: Vec<(&str, Figures)> = Vec::new();
-    for (label, extra) in [("kiln", Some("--no-checkpointing")), ("kiln+ckpt", None)] {
-        let o = Command::new(std::env::current_exe().unwrap())
-            .args(["--side", "kiln", "--model"])
-            .arg(&path)
-            .args(["--threads", &threads, "--steps", &steps.to_string(), "--warmup", &warmup.to_string(), "--batch", &batch.to_string()])
-            .args(extra)
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "kiln's side ({label}) failed: {}", o.status);
-        let k: Figures = serde_json::from_slice(&o.stdout).unwrap();
-        println!("{label}: load {:.1} s, trainable {}, step s [{}], loss [{}]", k.load_s, k.trainable_params, list(&k.step_s), list(&k.loss));
-        ours.push((label, k));
-    }
+    let o = Command::new(std::env::current_exe().unwrap())
+        .args(["--side", "kiln", "--model"])
+        .arg(&path)
+        .args(["--threads", &threads, "--steps", &steps.to_string(), "--warmup", &warmup.to_string(), "--batch", &batch.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "kiln's side failed: {}", o.status);
+    let k: Figures = serde_json::from_slice(&o.stdout).unwrap();
+    println!("kiln: load {:.1} s, trainable {}, step s [{}], loss [{}]", k.load_s, k.trainable_params, list(&k.step_s), list(&k.loss));
     // The peer runs after kiln is done, so the two never share the cores: first as it comes,
     // then with activation checkpointing as kiln's trainer uses (less memory, more compute).
     let mut peers: Vec<(&str, Option<Peer>)> = Vec::new();
@@ -265,7 +251,7 @@ fn main() {
         }
         peers.push((label, peer));
     }
-    print!("{:<34}", "row");
+    print!("{:<22} {:>10}", "row", "kiln");
     for (label, _) in &peers {
         print!(" {label:>10} {:>7}", "ratio");
     }
@@ -275,17 +261,15 @@ fn main() {
         ("peak MiB, training", |f| f.train_peak_mib, |p| p.train_peak_mib),
         ("peak MiB, loading", |f| f.load_peak_mib, |p| p.load_peak_mib),
     ];
-    for (name, of_ours, theirs) in rows {
-        for (label, k) in &ours {
-            let kv = of_ours(k);
-            print!("{:<34}", format!("{name}, {label} {kv:.1}"));
-            for (_, p) in &peers {
-                match p {
-                    Some(p) => print!(" {:>10.1} {:>6.2}x", theirs(p), kv / theirs(p)),
-                    None => print!(" {:>10} {:>7}", "-", "-"),
-                }
+    for (name, ours, theirs) in rows {
+        let kv = ours(&k);
+        print!("{name:<22} {kv:>10.1}");
+        for (_, p) in &peers {
+            match p {
+                Some(p) => print!(" {:>10.1} {:>6.2}x", theirs(p), kv / theirs(p)),
+                None => print!(" {:>10} {:>7}", "-", "-"),
             }
-            println!();
         }
+        println!();
     }
 }

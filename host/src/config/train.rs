@@ -90,9 +90,6 @@ pub struct TrainingSection {
     pub eval_every: Option<usize>,
     /// Checkpoint every this many steps (default 10).
     pub checkpoint_every: Option<usize>,
-    /// Recompute each block during the backward pass instead of keeping every block's
-    /// activations (default true: memory for one block's graph, about a third more compute).
-    pub activation_checkpointing: Option<bool>,
 }
 
 /// A validated train config.
@@ -177,7 +174,6 @@ impl TrainConfig {
             r.insert(k.into(), V::Integer(v as i64));
         }
         r.insert("max_grad_norm".into(), V::Float(o.max_grad_norm));
-        r.insert("activation_checkpointing".into(), V::Boolean(o.activation_checkpointing));
         // Unset, the warmup is 10 % of the steps, known once the data is split.
         r.insert("warmup_steps".into(), self.warmup_steps.map_or(V::String("auto".into()), |w| V::Integer(w as i64)));
         t.insert("training".into(), V::Table(r));
@@ -264,7 +260,6 @@ impl TrainFile {
             max_grad_norm,
             eval_every: positive("training.eval_every", r.eval_every, 10)?,
             checkpoint_every: positive("training.checkpoint_every", r.checkpoint_every, 10)?,
-            activation_checkpointing: r.activation_checkpointing.unwrap_or(true),
             seed: self.seed,
         };
         Ok(TrainConfig {

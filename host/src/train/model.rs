@@ -430,28 +430,6 @@ impl BaseModel {
         Ok((total, n, grads))
     }
 
-    /// What [`BaseModel::nll_backward`] gives, from one backward pass over the whole graph:
-    /// every block's activations are kept (more memory), none is recomputed (less compute).
-    pub fn nll_backward_whole(&self, batch: &Batch, adapters: &Adapters, dropout: Option<Dropout>, scale: f64) -> Result<(f64, usize, Vec<Vec<f32>>), TrainError> {
-        let dev = &self.device;
-        let (nll, n) = phase(dev, "train:forward", || self.nll(batch, Some(adapters), dropout))?;
-        let total = nll.to_scalar::<f32>()? as f64;
-        let vars = adapters.vars();
-        if n == 0 {
-            return Ok((0.0, 0, vars.iter().map(|v| vec![0f32; v.elem_count()]).collect()));
-        }
-        let store = phase(dev, "train:backward", || (nll * scale)?.backward())?;
-        let grads = phase(dev, "train:grads-to-host", || -> candle_core::Result<Vec<Vec<f32>>> {
-            vars.iter()
-                .map(|v| match store.get(v.as_tensor()) {
-                    Some(g) => g.flatten_all()?.to_vec1::<f32>(),
-                    None => Ok(vec![0f32; v.elem_count()]),
-                })
-                .collect()
-        })?;
-        Ok((total, n, grads))
-    }
-
     /// Summed negative log-likelihood of the batch's labelled positions (a scalar that carries
     /// gradients to the adapters) and how many positions it covers.
     pub fn nll(&self, batch: &Batch, adapters: Option<&Adapters>, dropout: Option<Dropout>) -> Result<(Tensor, usize), TrainError> {

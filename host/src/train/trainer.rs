@@ -38,9 +38,6 @@ pub struct TrainOptions {
     pub eval_every: usize,
     /// Checkpoint every this many steps (and at the end).
     pub checkpoint_every: usize,
-    /// Recompute each block in the backward pass (less memory) instead of keeping the whole
-    /// graph (less compute).
-    pub activation_checkpointing: bool,
     /// Seed of initialisation, shuffling and dropout.
     pub seed: u64,
 }
@@ -263,12 +260,7 @@ pub fn train(
             tokens += batch.ids.len();
             let dropout = (opts.lora.lora_dropout > 0.0)
                 .then(|| Dropout { p: opts.lora.lora_dropout, seed: SplitMix::at(opts.seed, &[0xD80, step as u64, k as u64]).next_u64() });
-            let scale = 1.0 / targets.max(1) as f64;
-            let (nll, _, g) = if opts.activation_checkpointing {
-                model.nll_backward(&batch, &adapters, dropout, scale)?
-            } else {
-                model.nll_backward_whole(&batch, &adapters, dropout, scale)?
-            };
+            let (nll, _, g) = model.nll_backward(&batch, &adapters, dropout, 1.0 / targets.max(1) as f64)?;
             loss_sum += nll;
             for (acc, part) in grads.iter_mut().zip(g) {
                 for (a, b) in acc.iter_mut().zip(part) {
