@@ -93,19 +93,27 @@ impl CustomOp1 for FrozenMatMul {
     }
 }
 
+/// Logits [`HeadNll`] keeps from its forward pass for its backward pass, at most: 4 GiB of f32
+/// (batch 8 x 256 on a 262 144-token vocabulary is about 1.9 GiB). Beyond, the backward pass
+/// makes them again.
+const KEEP_LOGITS_VALUES: usize = 1 << 30;
+
 /// Per-token negative log-likelihood of `targets` under the head `softmax(h W^T)`, for
 /// h: (n, hidden) and the quantized head W: (vocabulary, hidden). The forward pass keeps each
-/// row's log-sum-exp for the backward pass, which recomputes the logits tile by tile.
+/// row's log-sum-exp, and the logits themselves when they fit [`KEEP_LOGITS_VALUES`], for the
+/// backward pass, which otherwise makes them again tile by tile (the same products, so the
+/// same values).
 pub struct HeadNll {
     w: Arc<QTensor>,
     targets: Vec<u32>,
     lse: Mutex<Vec<f32>>,
+    kept: Mutex<Vec<Vec<f32>>>,
 }
 
 impl HeadNll {
     /// The loss of one target per row.
     pub fn new(w: Arc<QTensor>, targets: Vec<u32>) -> HeadNll {
-        HeadNll { w, targets, lse: Mutex::new(Vec::new()) }
+        HeadNll { w, targets, lse: Mutex::new(Vec::new()), kept: Mutex::new(Vec::new()) }
     }
 
     fn input(&self, storage: &CpuStorage, layout: &Layout) -> Result<Tensor> {
@@ -137,9 +145,11 @@ impl CustomOp1 for HeadNll {
         let mut max = vec![f32::NEG_INFINITY; n];
         let mut sum = vec![0f64; n];
         let mut target = vec![0f32; n];
+        let keep = n * vocab <= KEEP_LOGITS_VALUES;
+        let mut kept = Vec::new();
         for (s, len) in tiles(vocab, cols) {
-            let logits = h.matmul(&dequantize_rows(&self.w, s, len)?.t()?)?.to_vec2::<f32>()?;
-            for (i, row) in logits.iter().enumerate() {
+            let flat = h.matmul(&dequantize_rows(&self.w, s, len)?.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+            for (i, row) in flat.chunks_exact(len).enumerate() {
                 let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 if m > max[i] {
                     sum[i] *= ((max[i] - m) as f64).exp();
@@ -151,7 +161,11 @@ impl CustomOp1 for HeadNll {
                     target[i] = row[t - s];
                 }
             }
+            if keep {
+                kept.push(flat);
+            }
         }
+        *self.kept.lock().unwrap() = kept;
         let lse: Vec<f32> = (0..n).map(|i| (max[i] as f64 + sum[i].ln()) as f32).collect();
         let nll: Vec<f32> = (0..n).map(|i| lse[i] - target[i]).collect();
         *self.lse.lock().unwrap() = lse;
@@ -167,11 +181,15 @@ impl CustomOp1 for HeadNll {
         }
         let g = grad.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let (vocab, cols) = self.w.shape().dims2()?;
+        let mut kept = std::mem::take(&mut *self.kept.lock().unwrap()).into_iter();
         let mut acc: Option<Tensor> = None;
         for (s, len) in tiles(vocab, cols) {
             let w = dequantize_rows(&self.w, s, len)?;
             // d nll_i / d logit_ij = softmax_ij - [j = target_i], times the incoming gradient.
-            let mut p = h.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut p = match kept.next() {
+                Some(z) => z,
+                None => h.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?,
+            };
             for (i, row) in p.chunks_exact_mut(len).enumerate() {
                 for z in row.iter_mut() {
                     *z = (*z - lse[i]).exp() * g[i];
