@@ -106,21 +106,32 @@ const KEEP_LOGITS_VALUES: usize = 1 << 30;
 pub struct HeadNll {
     w: Arc<QTensor>,
     targets: Vec<u32>,
+    backward: bool,
     lse: Mutex<Vec<f32>>,
     kept: Mutex<Vec<Vec<f32>>>,
 }
 
+/// The checks both forms of the head make: one target per hidden row, each in the vocabulary.
+fn check_targets(rows: usize, targets: &[u32], vocab: usize) -> Result<()> {
+    if rows != targets.len() {
+        candle_core::bail!("{rows} hidden rows for {} targets", targets.len());
+    }
+    if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("target token {t} is outside the vocabulary of {vocab}");
+    }
+    Ok(())
+}
+
 impl HeadNll {
-    /// The loss of one target per row.
-    pub fn new(w: Arc<QTensor>, targets: Vec<u32>) -> HeadNll {
-        HeadNll { w, targets, lse: Mutex::new(Vec::new()), kept: Mutex::new(Vec::new()) }
+    /// The loss of one target per row; `backward`: a backward pass will follow, so the forward
+    /// pass keeps its logits for it (when they fit).
+    pub fn new(w: Arc<QTensor>, targets: Vec<u32>, backward: bool) -> HeadNll {
+        HeadNll { w, targets, backward, lse: Mutex::new(Vec::new()), kept: Mutex::new(Vec::new()) }
     }
 
     fn input(&self, storage: &CpuStorage, layout: &Layout) -> Result<Tensor> {
         let (n, d) = layout.shape().dims2()?;
-        if n != self.targets.len() {
-            candle_core::bail!("{n} hidden rows for {} targets", self.targets.len());
-        }
+        check_targets(n, &self.targets, self.w.shape().dims2()?.0)?;
         let x = match layout.contiguous_offsets() {
             Some((a, b)) => &storage.as_slice::<f32>()?[a..b],
             None => candle_core::bail!("the head's input is not contiguous"),
@@ -138,14 +149,11 @@ impl CustomOp1 for HeadNll {
         let h = self.input(storage, layout)?;
         let (n, _) = h.dims2()?;
         let (vocab, cols) = self.w.shape().dims2()?;
-        if let Some(&t) = self.targets.iter().find(|&&t| t as usize >= vocab) {
-            candle_core::bail!("target token {t} is outside the vocabulary of {vocab}");
-        }
         // Running (max, sum of exp) per row over the vocabulary tiles, and the target's logit.
         let mut max = vec![f32::NEG_INFINITY; n];
         let mut sum = vec![0f64; n];
         let mut target = vec![0f32; n];
-        let keep = n * vocab <= KEEP_LOGITS_VALUES;
+        let keep = self.backward && n * vocab <= KEEP_LOGITS_VALUES;
         let mut kept = Vec::new();
         for (s, len) in tiles(vocab, cols) {
             let flat = h.matmul(&dequantize_rows(&self.w, s, len)?.t()?)?.flatten_all()?.to_vec1::<f32>()?;
@@ -223,12 +231,7 @@ pub fn tiled_head_nll(h: &Tensor, w: &Tensor, targets: &[u32], grad: bool) -> Re
     if cols != d {
         candle_core::bail!("hidden rows of width {d} for a head of {vocab} x {cols}");
     }
-    if n != targets.len() {
-        candle_core::bail!("{n} hidden rows for {} targets", targets.len());
-    }
-    if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
-        candle_core::bail!("target token {t} is outside the vocabulary of {vocab}");
-    }
+    check_targets(n, targets, vocab)?;
     let h = h.detach().contiguous()?;
     let rows = Tensor::from_slice(targets, n, h.device())?;
     let picked = w.index_select(&rows, 0)?;

@@ -358,7 +358,7 @@ impl BaseModel {
         let idx = Tensor::from_vec(rows, n, &self.device)?;
         let picked = h.index_select(&idx, 0)?.contiguous()?;
         let Some(w) = &self.head_dense else {
-            let nll = picked.apply_op1(HeadNll::new(self.head.clone(), targets))?;
+            let nll = picked.apply_op1(HeadNll::new(self.head.clone(), targets, grad))?;
             return Ok((nll.sum_all()?, n));
         };
         let (nll, g) = tiled_head_nll(&picked.detach(), w, &targets, grad)?;
@@ -406,12 +406,8 @@ impl BaseModel {
             for m in 0..MODULES.len() {
                 let (Some(&i), Some(pair)) = (index.get(&(l, m)), adapters.pairs.get(&(l, m))) else { continue };
                 for (j, var) in [&pair.a, &pair.b].into_iter().enumerate() {
-                    if let Some(g) = store.get(var.as_tensor()) {
-                        acc[i + j] = Some(match acc[i + j].take() {
-                            None => g.clone(),
-                            Some(a) => (a + g)?,
-                        });
-                    }
+                    // Each adapter belongs to one block: its gradient comes from this pass alone.
+                    acc[i + j] = store.get(var.as_tensor()).cloned();
                 }
             }
             if l > 0 {
