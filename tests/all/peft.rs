@@ -39,16 +39,20 @@ use crate::common::*;
 /// adapters strong enough to wreck the model). The engine's kernels round activations to 8 bits
 /// and these 4-bit models amplify that (see real_model.rs): measured mean 0.11-0.17, max 0.80,
 /// on the base, the adapted model and the adapter's effect alike (the noise does not cancel in
-/// the effect); so the engine is held to a mean and a looser max. The adapters move peft's
+/// the effect); so the engine is held to a mean and a looser max. The effect is the difference
+/// of two such noisy log-probabilities (adapted and base), so its max is allowed the two
+/// maxima's sum: `kiln train`'s adapter on a 147-example run measured base max 0.74, adapted
+/// 0.81, effect 1.20 (means 0.12, 0.14, 0.18). The adapters move peft's
 /// log-probs by mean 0.94 / max 4.9 (gemma3) and mean 1.6 / max 8.1 (SmolLM2); the SmolLM2
 /// control in GGUF row order is off by mean 0.49 / max 2.6 on the training path.
 struct Tolerance {
     training_max: f32,
     engine_mean: f32,
     engine_max: f32,
+    engine_effect_max: f32,
 }
 
-const TOLERANCE: Tolerance = Tolerance { training_max: 5e-3, engine_mean: 0.2, engine_max: 1.2 };
+const TOLERANCE: Tolerance = Tolerance { training_max: 5e-3, engine_mean: 0.2, engine_max: 1.2, engine_effect_max: 1.6 };
 
 const PROMPTS: [&str; 3] = [
     "The capital of France is",
@@ -260,12 +264,12 @@ fn agrees_with_peft(name: &str, adapter: impl FnOnce(&BaseModel, &Engine) -> Ada
             "  {path_name}: base mean {:.4} max {:.4}; adapted mean {:.4} max {:.4}; effect mean {:.4} max {:.4}",
             b.mean, b.max, ad.mean, ad.max, ef.mean, ef.max
         ));
-        let within = |d: Diff| match path_name {
+        let within = |d: Diff, max: f32| match path_name {
             "training" => d.max <= TOLERANCE.training_max,
-            _ => d.mean <= TOLERANCE.engine_mean && d.max <= TOLERANCE.engine_max,
+            _ => d.mean <= TOLERANCE.engine_mean && d.max <= max,
         };
-        for (what, d) in [("base", b), ("adapted", ad), ("adapter effect", ef)] {
-            if !within(d) {
+        for (what, d, max) in [("base", b, TOLERANCE.engine_max), ("adapted", ad, TOLERANCE.engine_max), ("adapter effect", ef, TOLERANCE.engine_effect_max)] {
+            if !within(d, max) {
                 failures.push(format!("{path_name}: {what} log-probs differ from peft's by mean {:.4}, max {:.4}", d.mean, d.max));
             }
         }
@@ -315,7 +319,8 @@ fn gemma3_trained_adapter_matches_peft() {
         "gemma3-270m",
         |m, e| match std::env::var_os("KILN_PEFT_ADAPTER") {
             Some(dir) => {
-                let dir = PathBuf::from(dir);
+                // Tests run in host/: a relative folder is taken from the repository root.
+                let dir = root().join(dir);
                 Adapters::load_peft(&m.cfg, &dir).unwrap_or_else(|err| panic!("KILN_PEFT_ADAPTER={}: {err}", dir.display()))
             }
             None => trained(m, e),
