@@ -337,11 +337,22 @@ impl BaseModel {
         x + m
     }
 
-    /// Hidden states after the final norm, (rows * len, hidden).
+    /// Hidden states after the final norm, (rows * len, hidden), with the autograd graph of
+    /// the whole forward pass (every block's intermediates stay alive for a backward pass).
     pub fn hidden(&self, batch: &Batch, adapters: Option<&Adapters>, dropout: Option<Dropout>) -> Result<Tensor, TrainError> {
+        self.forward_hidden(batch, adapters, dropout, true)
+    }
+
+    /// [`Self::hidden`]; without `graph`, each block's output is detached, so that memory holds
+    /// one block's intermediates at a time instead of the whole pass's (the adapters are
+    /// variables, so their products would otherwise keep every block's graph alive).
+    fn forward_hidden(&self, batch: &Batch, adapters: Option<&Adapters>, dropout: Option<Dropout>, graph: bool) -> Result<Tensor, TrainError> {
         let (mut x, sh) = self.prepare(batch)?;
         for l in 0..self.blocks.len() {
             x = self.block(l, &x, &sh, adapters, dropout)?;
+            if !graph {
+                x = x.detach();
+            }
         }
         Ok(rms_norm(&x, &self.final_norm, self.cfg.eps)?)
     }
@@ -436,7 +447,7 @@ impl BaseModel {
     /// The summed NLL of the batch's labelled positions as a number (no dropout, and no
     /// gradient), and how many positions it covers.
     pub fn nll_value(&self, batch: &Batch, adapters: Option<&Adapters>) -> Result<(f64, usize), TrainError> {
-        let hidden = self.hidden(batch, adapters, None)?.detach();
+        let hidden = self.forward_hidden(batch, adapters, None, false)?;
         let (nll, n) = self.head_nll(&hidden, batch, false)?;
         Ok((nll.to_scalar::<f32>()? as f64, n))
     }
@@ -444,7 +455,7 @@ impl BaseModel {
     /// Log-probabilities (rows * len, vocabulary) of every position, for checks against the
     /// engine and against other implementations. Small models only: it makes the whole logits.
     pub fn log_probs(&self, batch: &Batch, adapters: Option<&Adapters>) -> Result<Tensor, TrainError> {
-        let hidden = self.hidden(batch, adapters, None)?;
+        let hidden = self.forward_hidden(batch, adapters, None, false)?;
         let w = self.head.dequantize(&self.device)?;
         let logits = hidden.matmul(&w.t()?)?;
         Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
