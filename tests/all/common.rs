@@ -138,3 +138,11 @@ pub fn text(o: &std::process::Output) -> String {
 pub fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
+
+/// A training example as the trainer makes one: the prompt with BOS (when the model wants one),
+/// the response's tokens and the EOS.
+pub fn example(e: &kiln::model::Engine, id: String, prompt: &str, response: &str) -> kiln::train::Example {
+    let mut tokens = e.tokenizer.encode(response).unwrap();
+    tokens.push(*e.tokenizer.eos_ids().first().expect("the model has an EOS token"));
+    kiln::train::Example { id, prompt: e.prompt_ids(prompt).unwrap(), response: tokens }
+}

@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use kiln::model::{Engine, LoadOptions, SeqCache, Step, Want};
 use kiln::train::*;
 
+use crate::common::example;
 use crate::tiny::{self, Tiny};
 
 fn tiny_file(t: &Tiny) -> (tempfile::TempDir, PathBuf) {
@@ -25,13 +26,10 @@ fn lora(r: usize, dropout: f64) -> LoraConfig {
 /// Examples from the tiny corpus: a prompt and a response per sentence pair.
 fn examples(e: &Engine) -> Vec<Example> {
     let sentences: Vec<&str> = tiny::CORPUS.split(". ").collect();
-    let eos = e.tokenizer.eos_ids()[0];
     (0..sentences.len())
         .map(|i| {
-            let prompt = e.prompt_ids(&format!("instruction: {}.\nresponse:", sentences[i])).unwrap();
-            let mut response = e.tokenizer.encode(&format!(" {}.", sentences[(i + 1) % sentences.len()])).unwrap();
-            response.push(eos);
-            Example { id: format!("x-{i:03}"), prompt, response }
+            let (prompt, response) = (format!("instruction: {}.\nresponse:", sentences[i]), format!(" {}.", sentences[(i + 1) % sentences.len()]));
+            example(e, format!("x-{i:03}"), &prompt, &response)
         })
         .collect()
 }
