@@ -96,6 +96,33 @@ pub fn enabled() -> bool {
     })
 }
 
+/// True when the 32-weight formats (Q8_0, Q5_0, Q4_1) can take the AVX-512 VNNI tile: two
+/// blocks per 512-bit register and one `vpdpbusd` per weight row, four byte products summed
+/// per lane. The block integers are the same exact sums, and each output element takes the
+/// same `fma` per block in the same order, so its results are bitwise those of the AVX2 tile.
+/// `KILN_QMM=avx2` keeps the AVX2 tile (for comparisons).
+pub fn vnni() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        if std::env::var("KILN_QMM").is_ok_and(|v| v == "avx2") {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            enabled()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Quantized input rows, unpacked from candle's blocks into flat arrays: the integers of a
 /// row contiguous, and the per-block scale (and sum, or sums of 16) as plain numbers.
 struct Acts {
@@ -107,6 +134,9 @@ struct Acts {
     s: Vec<f32>,
     /// (rows, blocks, 16): Q8_K's sums of each 16 integers.
     bsums: Vec<i16>,
+    /// (rows, blocks): 16 times the sum of each block's integers, for Q5_0 on the VNNI tile,
+    /// which multiplies the weights as stored (0..32) and takes off 16 per input integer.
+    corr: Vec<i32>,
     /// Integers per row.
     k: usize,
     /// Blocks per row.
@@ -146,7 +176,7 @@ fn block_bytes<T>(b: &[T]) -> &[u8] {
 impl Acts {
     /// Quantize rows of `x` (rows, k) the way candle does for this weight type's dot product,
     /// rows spread over the pool.
-    fn quantize(kind: Kind, x: &[f32], rows: usize, k: usize) -> Acts {
+    fn quantize(kind: Kind, x: &[f32], rows: usize, k: usize, vnni: bool) -> Acts {
         let nb = k / kind.block();
         let sums = kind == Kind::Q4_1;
         let bsums = matches!(kind, Kind::Q4K | Kind::Q6K);
@@ -155,6 +185,7 @@ impl Acts {
             d: vec![0.0; rows * nb],
             s: if sums { vec![0.0; rows * nb] } else { Vec::new() },
             bsums: if bsums { vec![0; rows * nb * 16] } else { Vec::new() },
+            corr: Vec::new(),
             k,
             nb,
         };
@@ -177,6 +208,9 @@ impl Acts {
             work(0..rows);
         } else {
             candle_core::utils::barrier_pool().execute_chunked(rows, work);
+        }
+        if kind == Kind::Q5_0 && vnni {
+            a.corr = a.qs.chunks_exact(32).map(|b| 16 * b.iter().map(|&v| v as i32).sum::<i32>()).collect();
         }
         a
     }
@@ -238,6 +272,14 @@ const TILE_ROWS: usize = 4;
 /// `out = x W^T`: `w` holds `n` rows of `k` weights as raw blocks of `kind`, `x` is (m, k),
 /// `out` is (m, n). `k` must be a multiple of the block size. Call only when [`enabled`].
 pub fn matmul(kind: Kind, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32]) {
+    matmul_on(kind, w, n, k, x, m, out, vnni())
+}
+
+/// [`matmul`], with the VNNI tile for the 32-weight formats when `vnni` (which [`vnni()`] must
+/// allow).
+#[allow(clippy::too_many_arguments)]
+fn matmul_on(kind: Kind, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32], vnni: bool) {
+    assert!(!vnni || self::vnni(), "the VNNI tile needs AVX-512 VNNI");
     assert!(enabled(), "quantized matmul kernels need AVX2, FMA and F16C");
     assert_eq!(k % kind.block(), 0, "{k} inputs is not a whole number of {kind:?} blocks");
     assert_eq!(w.len(), n * k / kind.block() * kind.bytes(), "weight bytes do not match {n} x {k} {kind:?}");
@@ -246,7 +288,7 @@ pub fn matmul(kind: Kind, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, out
     if m == 0 || n == 0 {
         return;
     }
-    let acts = Acts::quantize(kind, x, m, k);
+    let acts = Acts::quantize(kind, x, m, k, vnni);
     let tiles = n.div_ceil(4);
     let row_bytes = k / kind.block() * kind.bytes();
     let out_ptr = out.as_mut_ptr() as usize;
@@ -255,7 +297,7 @@ pub fn matmul(kind: Kind, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, out
         // of `out`, and tiles are handed to exactly one worker.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            run_tiles(kind, w, row_bytes, n, &acts, m, range, out_ptr as *mut f32)
+            run_tiles(kind, w, row_bytes, n, &acts, m, range, out_ptr as *mut f32, vnni)
         }
     };
     candle_core::utils::barrier_pool().execute_chunked(tiles, work);
@@ -265,7 +307,7 @@ pub fn matmul(kind: Kind, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, out
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_tiles(kind: Kind, w: &[u8], row_bytes: usize, n: usize, acts: &Acts, m: usize, range: std::ops::Range<usize>, out: *mut f32) {
+unsafe fn run_tiles(kind: Kind, w: &[u8], row_bytes: usize, n: usize, acts: &Acts, m: usize, range: std::ops::Range<usize>, out: *mut f32, vnni: bool) {
     let ahead = 4 * row_bytes;
     for pass in (0..m).step_by(ROWS_PER_PASS) {
         let end = m.min(pass + ROWS_PER_PASS);
@@ -277,12 +319,12 @@ unsafe fn run_tiles(kind: Kind, w: &[u8], row_bytes: usize, n: usize, acts: &Act
             let mut r = pass;
             while r + TILE_ROWS <= end {
                 let rows: [usize; TILE_ROWS] = std::array::from_fn(|c| r + c);
-                let res = tile(kind, wr, ahead, acts, rows);
+                let res = tile(kind, wr, ahead, acts, rows, vnni);
                 store(out, n, &rows, 4 * t, cols, &res);
                 r += TILE_ROWS;
             }
             while r < end {
-                let res = tile(kind, wr, ahead, acts, [r]);
+                let res = tile(kind, wr, ahead, acts, [r], vnni);
                 store(out, n, &[r], 4 * t, cols, &res);
                 r += 1;
             }
@@ -293,7 +335,10 @@ unsafe fn run_tiles(kind: Kind, w: &[u8], row_bytes: usize, n: usize, acts: &Act
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn tile<const C: usize>(kind: Kind, wr: [*const u8; 4], ahead: usize, acts: &Acts, rows: [usize; C]) -> [__m128; C] {
+unsafe fn tile<const C: usize>(kind: Kind, wr: [*const u8; 4], ahead: usize, acts: &Acts, rows: [usize; C], vnni: bool) -> [__m128; C] {
+    if vnni && kind.block() == 32 {
+        return tile_vnni(kind, wr, ahead, acts, rows);
+    }
     match kind {
         Kind::Q8_0 => tile_q8_0(wr, ahead, acts, rows),
         Kind::Q5_0 => tile_q5_0(wr, ahead, acts, rows),
@@ -389,12 +434,20 @@ unsafe fn tile_q8_0<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, 
     acc
 }
 
-/// The 32 weights of a Q5_0 block as i8 (-16..16): nibble j (low nibbles of bytes 0..16, then
-/// their high nibbles) with bit j of the 32-bit `qh` as its fifth bit, less 16.
+/// The 32 weights of a Q5_0 block as i8 (-16..16): [`q5_0_stored`] less 16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn q5_0_values(blk: *const u8) -> __m256i {
+    _mm256_sub_epi8(q5_0_stored(blk), _mm256_set1_epi8(16))
+}
+
+/// The 32 weights of a Q5_0 block as stored, 0..32: nibble j (low nibbles of bytes 0..16, then
+/// their high nibbles) with bit j of the 32-bit `qh` as its fifth bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn q5_0_stored(blk: *const u8) -> __m256i {
     let qh = (blk.add(2) as *const u32).read_unaligned() as i32;
     let raw = _mm_loadu_si128(blk.add(6) as *const __m128i);
     let nibbles = _mm256_and_si256(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(raw), _mm_srli_epi16::<4>(raw)), _mm256_set1_epi8(0x0F));
@@ -405,7 +458,151 @@ unsafe fn q5_0_values(blk: *const u8) -> __m256i {
     );
     let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     let high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(0x10));
-    _mm256_sub_epi8(_mm256_or_si256(nibbles, high), _mm256_set1_epi8(16))
+    _mm256_or_si256(nibbles, high)
+}
+
+/// The 32 nibbles of a Q4_1 block (at `p`) as bytes 0..16: low nibbles are weights 0..16, high
+/// nibbles 16..32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn q4_1_values(p: *const u8) -> __m256i {
+    let raw = _mm_loadu_si128(p as *const __m128i);
+    let both = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(raw), _mm_srli_epi16::<4>(raw));
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// The tile of [`vnni`] for the 32-weight formats: blocks b and b+1 of a weight row side by
+/// side in one register (a last odd block alone, the upper half zero), against the same two
+/// blocks of each input row, which lie side by side in [`Acts`]. Per weight row one
+/// `vpdpbusd` (unsigned weight bytes times signed input bytes); Q8_0's signed weights go in as
+/// their magnitudes with their signs moved to the inputs, Q5_0's as stored with 16 times the
+/// input sum taken off after, Q4_1's nibbles as they are. The four rows' sums of both blocks
+/// come out of one reduction; then each block, in order, takes the AVX2 tile's `fma`s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn tile_vnni<const C: usize>(kind: Kind, wr: [*const u8; 4], ahead: usize, a: &Acts, rows: [usize; C]) -> [__m128; C] {
+    match kind {
+        Kind::Q8_0 => tile_vnni_of::<C, 0>(wr, ahead, a, rows),
+        Kind::Q5_0 => tile_vnni_of::<C, 1>(wr, ahead, a, rows),
+        _ => tile_vnni_of::<C, 2>(wr, ahead, a, rows),
+    }
+}
+
+/// [`tile_vnni`]'s format as a constant: 0 Q8_0, 1 Q5_0, 2 Q4_1.
+const VQ8_0: u8 = 0;
+const VQ5_0: u8 = 1;
+const VQ4_1: u8 = 2;
+
+/// One 32-weight block's bytes as [`tile_vnni`] multiplies them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn vnni_values<const F: u8>(p: *const u8) -> __m256i {
+    match F {
+        VQ8_0 => _mm256_loadu_si256(p.add(2) as *const __m256i),
+        VQ5_0 => q5_0_stored(p),
+        _ => q4_1_values(p.add(4)),
+    }
+}
+
+/// The f16 at offset `off` of blocks b (`p`) and b+1 (`q`) of four rows: (b x4, b+1 x4).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+unsafe fn scales4x2(p: [*const u8; 4], q: [*const u8; 4], off: usize) -> __m256 {
+    _mm256_set_m128(scales4([q[0].add(off), q[1].add(off), q[2].add(off), q[3].add(off)]), scales4([p[0].add(off), p[1].add(off), p[2].add(off), p[3].add(off)]))
+}
+
+/// Two consecutive per-block numbers at `v` as (v[0] x4, v[1] x4); `v[0]` x8 when `pair` is false.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn spread2<T: Copy>(v: *const T, pair: bool) -> __m256i {
+    if pair {
+        _mm256_permutevar8x32_epi32(_mm256_castsi128_si256(_mm_loadl_epi64(v as *const __m128i)), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1))
+    } else {
+        _mm256_set1_epi32((v as *const i32).read_unaligned())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile_vnni_of<const C: usize, const F: u8>(wr: [*const u8; 4], ahead: usize, a: &Acts, rows: [usize; C]) -> [__m128; C] {
+    let bytes = match F {
+        VQ8_0 => 34,
+        VQ5_0 => 22,
+        _ => 20,
+    };
+    let (k, nb) = (a.k, a.nb);
+    let mut acc = [_mm_setzero_ps(); C];
+    let mut b = 0;
+    while b < nb {
+        let pair = b + 1 < nb;
+        let blk = [wr[0].add(b * bytes), wr[1].add(b * bytes), wr[2].add(b * bytes), wr[3].add(b * bytes)];
+        let next = if pair { [blk[0].add(bytes), blk[1].add(bytes), blk[2].add(bytes), blk[3].add(bytes)] } else { blk };
+        let mut w = [_mm512_setzero_si512(); 4];
+        let mut neg = [0 as __mmask64; 4];
+        for i in 0..4 {
+            _mm_prefetch::<_MM_HINT_T0>(blk[i].wrapping_add(ahead) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(blk[i].wrapping_add(ahead + 2 * bytes - 1) as *const i8);
+            let lo = _mm512_zextsi256_si512(vnni_values::<F>(blk[i]));
+            w[i] = if pair { _mm512_inserti64x4::<1>(lo, vnni_values::<F>(next[i])) } else { lo };
+            if F == VQ8_0 {
+                // Magnitudes, and where each weight is negative (its input is negated).
+                neg[i] = _mm512_movepi8_mask(w[i]);
+                w[i] = _mm512_abs_epi8(w[i]);
+            }
+        }
+        let wd = scales4x2(blk, next, 0);
+        let wm = if F == VQ4_1 { scales4x2(blk, next, 2) } else { _mm256_setzero_ps() };
+        for c in 0..C {
+            let at = rows[c] * nb + b;
+            let yp = a.qs.as_ptr().add(rows[c] * k + b * 32);
+            let y = if pair { _mm512_loadu_si512(yp as *const __m512i) } else { _mm512_zextsi256_si512(_mm256_loadu_si256(yp as *const __m256i)) };
+            let mut d = [_mm512_setzero_si512(); 4];
+            for i in 0..4 {
+                let yi = if F == VQ8_0 { _mm512_mask_sub_epi8(y, neg[i], _mm512_setzero_si512(), y) } else { y };
+                d[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[i], yi);
+            }
+            let mut r = reduce4x2(d);
+            if F == VQ5_0 {
+                r = _mm256_sub_epi32(r, spread2(a.corr.as_ptr().add(at), pair));
+            }
+            let sv = _mm256_cvtepi32_ps(r);
+            let scale = _mm256_mul_ps(wd, _mm256_castsi256_ps(spread2(a.d.as_ptr().add(at), pair)));
+            let mut x = _mm_fmadd_ps(_mm256_castps256_ps128(sv), _mm256_castps256_ps128(scale), acc[c]);
+            if F == VQ4_1 {
+                let sy = _mm256_castsi256_ps(spread2(a.s.as_ptr().add(at), pair));
+                x = _mm_fmadd_ps(_mm256_castps256_ps128(wm), _mm256_castps256_ps128(sy), x);
+                if pair {
+                    x = _mm_fmadd_ps(_mm256_extractf128_ps::<1>(sv), _mm256_extractf128_ps::<1>(scale), x);
+                    x = _mm_fmadd_ps(_mm256_extractf128_ps::<1>(wm), _mm256_extractf128_ps::<1>(sy), x);
+                }
+            } else if pair {
+                x = _mm_fmadd_ps(_mm256_extractf128_ps::<1>(sv), _mm256_extractf128_ps::<1>(scale), x);
+            }
+            acc[c] = x;
+        }
+        b += 2;
+    }
+    acc
+}
+
+/// Of four vectors of sixteen i32 (lanes 0..8 from block b, 8..16 from block b+1), the sum of
+/// each vector's block-b lanes and of its block-b+1 lanes: (v0..v3 for b, v0..v3 for b+1).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+fn reduce4x2(d: [__m512i; 4]) -> __m256i {
+    // Per 128-bit lane: [v0, v1, v0, v1] partial sums, then [v0, v1, v2, v3].
+    let t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[0], d[1]), _mm512_unpackhi_epi32(d[0], d[1]));
+    let t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[2], d[3]), _mm512_unpackhi_epi32(d[2], d[3]));
+    let t = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+    // 128-bit lanes 0+1 are block b, 2+3 block b+1.
+    let u = _mm512_add_epi32(t, _mm512_shuffle_i32x4::<0b10_11_00_01>(t, t));
+    _mm512_castsi512_si256(_mm512_shuffle_i32x4::<0b00_00_10_00>(u, u))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -693,6 +890,27 @@ mod tests {
                 for (i, (a, b)) in part.iter().zip(&full[(64 - m) * n..]).enumerate() {
                     assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} batch {m} element {i}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn vnni_tile_gives_the_bits_of_the_avx2_tile() {
+        if !vnni() {
+            eprintln!("no AVX-512 VNNI on this CPU: only the AVX2 tile runs here");
+            return;
+        }
+        // An odd number of blocks (the last one alone), n and m not multiples of the tiles.
+        let (n, k, m) = (70, 7 * 32, 11);
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4_1] {
+            let q = weights(dtype, n, k);
+            let x = values(m * k, 13);
+            let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+            let kind = Kind::of(dtype).unwrap();
+            matmul_on(kind, &q.data().unwrap(), n, k, &x, m, &mut a, false);
+            matmul_on(kind, &q.data().unwrap(), n, k, &x, m, &mut b, true);
+            for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+                assert_eq!(u.to_bits(), v.to_bits(), "{dtype:?} element {i}: AVX2 {u} vs VNNI {v}");
             }
         }
     }
