@@ -449,6 +449,9 @@ impl Model {
         device: &Device,
     ) -> Result<Model, ModelError> {
         let cfg = ModelConfig::from_metadata(&content.metadata, path)?;
+        if device.is_cpu() {
+            super::memory::keep_freed_buffers();
+        }
         let device = device.clone();
         let fmt = |what: String| ModelError::Format { path: path.to_path_buf(), what };
         let mut tensor = |name: &str| -> Result<QTensor, ModelError> {
