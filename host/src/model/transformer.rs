@@ -710,35 +710,43 @@ impl Model {
         let group = nh / nkv;
         let scale = cfg.attn_scale;
         let window = layer.window;
-        // Attention per row and head, in f32, over the keys the row may see.
-        out.par_chunks_mut(nh * hd).enumerate().for_each_init(Vec::<f32>::new, |scores, (row, o)| {
+        // Attention per row and head, in f32, over the keys the row may see. The heads that
+        // share a key-value head go together, so that each cached key and value is read once
+        // per row, not once per head; each head's arithmetic is as if it were alone.
+        out.par_chunks_mut(nh * hd).enumerate().for_each_init(|| (Vec::<f32>::new(), vec![0f32; group]), |(scores, inv), (row, o)| {
             let c = caches[owner[row]];
             let p = pos[row];
             let first = window.map_or(0, |w| (p + 1).saturating_sub(w)).max(c.start);
+            let len = p + 1 - first;
             let qrow = &qv[row * nh * hd..(row + 1) * nh * hd];
-            for head in 0..nh {
-                let kh = head / group;
-                let qh = &qrow[head * hd..(head + 1) * hd];
+            for kh in 0..nkv {
+                let heads = kh * group..(kh + 1) * group;
                 scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for kp in first..=p {
+                scores.resize(group * len, 0.0);
+                for (j, kp) in (first..=p).enumerate() {
                     let i = kp - c.start;
-                    let s = dot(qh, &c.k[i * kw + kh * hd..i * kw + (kh + 1) * hd]) * scale;
-                    max = max.max(s);
-                    scores.push(s);
+                    let key = &c.k[i * kw + kh * hd..i * kw + (kh + 1) * hd];
+                    for (g, head) in heads.clone().enumerate() {
+                        scores[g * len + j] = dot(&qrow[head * hd..(head + 1) * hd], key) * scale;
+                    }
                 }
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
+                for (g, sc) in scores.chunks_exact_mut(len).enumerate() {
+                    let max = sc.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                    let mut sum = 0f32;
+                    for s in sc.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    inv[g] = 1.0 / sum;
                 }
-                let inv = 1.0 / sum;
-                let oh = &mut o[head * hd..(head + 1) * hd];
-                for (idx, kp) in (first..=p).enumerate() {
+                for (j, kp) in (first..=p).enumerate() {
                     let i = kp - c.start;
-                    let w = scores[idx] * inv;
-                    for (a, b) in oh.iter_mut().zip(&c.v[i * kw + kh * hd..i * kw + (kh + 1) * hd]) {
-                        *a += w * b;
+                    let value = &c.v[i * kw + kh * hd..i * kw + (kh + 1) * hd];
+                    for (g, head) in heads.clone().enumerate() {
+                        let w = scores[g * len + j] * inv[g];
+                        for (a, b) in o[head * hd..(head + 1) * hd].iter_mut().zip(value) {
+                            *a += w * b;
+                        }
                     }
                 }
             }
