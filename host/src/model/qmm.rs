@@ -96,10 +96,12 @@ pub fn enabled() -> bool {
     })
 }
 
-/// True when the 32-weight formats (Q8_0, Q5_0, Q4_1) can take the AVX-512 VNNI tile: two
+/// True when the AVX-512 VNNI tiles can run: for the 32-weight formats (Q8_0, Q5_0, Q4_1) two
 /// blocks per 512-bit register and one `vpdpbusd` per weight row, four byte products summed
-/// per lane. The block integers are the same exact sums, and each output element takes the
-/// same `fma` per block in the same order, so its results are bitwise those of the AVX2 tile.
+/// per lane; for Q4_K and Q6_K two 32-weight sub-blocks per register, their byte products
+/// summed in pairs and multiplied by the sub-scales in one `vpdpwssd`. The block integers are
+/// the same exact sums, and each output element takes the same `fma`s per block in the same
+/// order, so its results are bitwise those of the AVX2 tile.
 /// `KILN_QMM=avx2` keeps the AVX2 tile (for comparisons).
 pub fn vnni() -> bool {
     use std::sync::OnceLock;
@@ -336,8 +338,12 @@ unsafe fn run_tiles(kind: Kind, w: &[u8], row_bytes: usize, n: usize, acts: &Act
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn tile<const C: usize>(kind: Kind, wr: [*const u8; 4], ahead: usize, acts: &Acts, rows: [usize; C], vnni: bool) -> [__m128; C] {
-    if vnni && kind.block() == 32 {
-        return tile_vnni(kind, wr, ahead, acts, rows);
+    if vnni {
+        return match kind {
+            Kind::Q4K => tile_q4k_vnni(wr, ahead, acts, rows),
+            Kind::Q6K => tile_q6k_vnni(wr, ahead, acts, rows),
+            _ => tile_vnni(kind, wr, ahead, acts, rows),
+        };
     }
     match kind {
         Kind::Q8_0 => tile_q8_0(wr, ahead, acts, rows),
@@ -588,6 +594,148 @@ unsafe fn tile_vnni_of<const C: usize, const F: u8>(wr: [*const u8; 4], ahead: u
         b += 2;
     }
     acc
+}
+
+/// The Q4_K tile of [`vnni`]: per weight row and pair of sub-blocks (the low and high nibbles
+/// of 32 bytes), one register of 64 weights against the 64 input bytes they meet, the byte
+/// products summed in pairs and then times the two sub-scales, added up in one `vpdpwssd`.
+/// The minima go as in the AVX2 tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile_q4k_vnni<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, rows: [usize; C]) -> [__m128; C] {
+    let low = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm_setzero_ps(); C];
+    let (k, nb) = (a.k, a.nb);
+    for b in 0..nb {
+        let blk: [*const u8; 4] = std::array::from_fn(|i| wr[i].add(b * 144));
+        prefetch4(&blk, ahead);
+        for p in &blk {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead + 64) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead + 143) as *const i8);
+        }
+        let wd = scales4(blk);
+        let wdmin = scales4(std::array::from_fn(|i| blk[i].add(2)));
+        let pair_sums: [__m128i; C] = std::array::from_fn(|c| {
+            let bs = _mm256_loadu_si256(a.bsums.as_ptr().add((rows[c] * nb + b) * 16) as *const __m256i);
+            _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256::<1>(bs))
+        });
+        let mut dots = [[_mm512_setzero_si512(); 4]; C];
+        let mut mins = [[_mm_setzero_si128(); 4]; C];
+        for i in 0..4 {
+            let sm = q4k_scales(&*(blk[i].add(4) as *const [u8; 12]));
+            let mv = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, sm[3] as i32, sm[2] as i32));
+            let sc = (sm[0] as u64 | (sm[1] as u64) << 32).to_le_bytes();
+            for c in 0..C {
+                mins[c][i] = _mm_madd_epi16(mv, pair_sums[c]);
+            }
+            let mut q = [_mm512_setzero_si512(); 4];
+            let mut sv = [_mm512_setzero_si512(); 4];
+            for j in 0..4 {
+                let raw = _mm256_loadu_si256(blk[i].add(16 + 32 * j) as *const __m256i);
+                let lo = _mm512_castsi256_si512(_mm256_and_si256(raw, low));
+                q[j] = _mm512_inserti64x4::<1>(lo, _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low));
+                sv[j] = _mm512_inserti64x4::<1>(_mm512_set1_epi16(sc[2 * j] as i16), _mm256_set1_epi16(sc[2 * j + 1] as i16));
+            }
+            for c in 0..C {
+                let y = a.qs.as_ptr().add(rows[c] * k + b * 256);
+                let mut s = _mm512_setzero_si512();
+                for j in 0..4 {
+                    let p = _mm512_maddubs_epi16(q[j], _mm512_loadu_si512(y.add(64 * j) as *const __m512i));
+                    s = _mm512_dpwssd_epi32(s, p, sv[j]);
+                }
+                dots[c][i] = s;
+            }
+        }
+        for c in 0..C {
+            let dy = *a.d.get_unchecked(rows[c] * nb + b);
+            let s = _mm_cvtepi32_ps(reduce4_512(dots[c]));
+            let mn = _mm_cvtepi32_ps(reduce4_128(mins[c]));
+            acc[c] = _mm_fmadd_ps(s, _mm_mul_ps(wd, _mm_set1_ps(dy)), acc[c]);
+            acc[c] = _mm_fmadd_ps(mn, _mm_mul_ps(wdmin, _mm_set1_ps(-dy)), acc[c]);
+        }
+    }
+    acc
+}
+
+/// The Q6_K tile of [`vnni`]: per weight row, 64 six-bit weights (two groups of 32) per
+/// register against the 64 input bytes they meet, the byte products summed in pairs and then
+/// times their four sub-scales, added up in one `vpdpwssd`; the offset of 32 as in the AVX2
+/// tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile_q6k_vnni<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, rows: [usize; C]) -> [__m128; C] {
+    let low4 = _mm256_set1_epi8(0x0F);
+    let low2 = _mm256_set1_epi8(0x03);
+    // Sub-scale lanes: register r (= 2h + pair) covers sub-scales 4r..4r+4, eight i16 lanes each.
+    let pick: [__m512i; 4] = std::array::from_fn(|r| {
+        let lanes: [i16; 32] = std::array::from_fn(|l| (4 * r + l / 8) as i16);
+        _mm512_loadu_si512(lanes.as_ptr() as *const __m512i)
+    });
+    let mut acc = [_mm_setzero_ps(); C];
+    let (k, nb) = (a.k, a.nb);
+    for b in 0..nb {
+        let blk: [*const u8; 4] = std::array::from_fn(|i| wr[i].add(b * 210));
+        prefetch4(&blk, ahead);
+        for p in &blk {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead + 64) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead + 128) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead + 209) as *const i8);
+        }
+        let wd = scales4(std::array::from_fn(|i| blk[i].add(208)));
+        let bsums: [__m256i; C] =
+            std::array::from_fn(|c| _mm256_loadu_si256(a.bsums.as_ptr().add((rows[c] * nb + b) * 16) as *const __m256i));
+        let mut dots = [[_mm512_setzero_si512(); 4]; C];
+        for i in 0..4 {
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk[i].add(192) as *const __m128i));
+            let wide = _mm512_castsi256_si512(sc16);
+            let mut q = [_mm512_setzero_si512(); 4];
+            let mut sv = [_mm512_setzero_si512(); 4];
+            for h in 0..2 {
+                let ql0 = _mm256_loadu_si256(blk[i].add(64 * h) as *const __m256i);
+                let ql1 = _mm256_loadu_si256(blk[i].add(64 * h + 32) as *const __m256i);
+                let qh = _mm256_loadu_si256(blk[i].add(128 + 32 * h) as *const __m256i);
+                let g0 = _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, low2)));
+                let g1 = _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), low2)));
+                let g2 = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), low2)),
+                );
+                let g3 = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), low2)),
+                );
+                q[2 * h] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(g0), g1);
+                q[2 * h + 1] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(g2), g3);
+                sv[2 * h] = _mm512_permutexvar_epi16(pick[2 * h], wide);
+                sv[2 * h + 1] = _mm512_permutexvar_epi16(pick[2 * h + 1], wide);
+            }
+            for c in 0..C {
+                let offset = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc16, bsums[c])));
+                let mut s = _mm512_zextsi256_si512(offset);
+                let y = a.qs.as_ptr().add(rows[c] * k + b * 256);
+                for r in 0..4 {
+                    let p = _mm512_maddubs_epi16(q[r], _mm512_loadu_si512(y.add(64 * r) as *const __m512i));
+                    s = _mm512_dpwssd_epi32(s, p, sv[r]);
+                }
+                dots[c][i] = s;
+            }
+        }
+        for c in 0..C {
+            let dy = *a.d.get_unchecked(rows[c] * nb + b);
+            let s = _mm_cvtepi32_ps(reduce4_512(dots[c]));
+            acc[c] = _mm_fmadd_ps(s, _mm_mul_ps(wd, _mm_set1_ps(dy)), acc[c]);
+        }
+    }
+    acc
+}
+
+/// Sums of each of four vectors of sixteen i32, as the four lanes of one vector.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+fn reduce4_512(d: [__m512i; 4]) -> __m128i {
+    let r = reduce4x2(d);
+    _mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r))
 }
 
 /// Of four vectors of sixteen i32 (lanes 0..8 from block b, 8..16 from block b+1), the sum of
@@ -902,7 +1050,8 @@ mod tests {
         }
         // An odd number of blocks (the last one alone), n and m not multiples of the tiles.
         let (n, k, m) = (70, 7 * 32, 11);
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4_1] {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4_1, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let k = if dtype.block_size() == 256 { 3 * 256 } else { k };
             let q = weights(dtype, n, k);
             let x = values(m * k, 13);
             let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
