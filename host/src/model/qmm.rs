@@ -271,6 +271,75 @@ const ROWS_PER_PASS: usize = 64;
 /// Input rows per tile kernel call (with four weight rows).
 const TILE_ROWS: usize = 4;
 
+/// One product of [`matmul_many`]: `out = x W^T` for `n` rows of raw `kind` blocks `w`.
+pub struct Product<'a> {
+    /// The weight type.
+    pub kind: Kind,
+    /// The weights' raw blocks.
+    pub w: &'a [u8],
+    /// Weight rows (output features).
+    pub n: usize,
+    /// (m, n) results.
+    pub out: &'a mut [f32],
+}
+
+/// The input format a weight type's kernel pairs with (Q5_0 shares Q8_0's).
+fn act_format(kind: Kind) -> Kind {
+    match kind {
+        Kind::Q5_0 => Kind::Q8_0,
+        Kind::Q4K | Kind::Q6K => Kind::Q4K,
+        other => other,
+    }
+}
+
+/// Several products of the same input `x` (m, k), as [`matmul`] gives each: the input is
+/// quantized once per input format, and all the products' tiles go to the pool in one call
+/// (a layer's query, key and value projections, or its gate and up projections). Each result
+/// is bitwise what [`matmul`] gives.
+pub fn matmul_many(products: &mut [Product<'_>], k: usize, x: &[f32], m: usize) {
+    assert!(enabled(), "quantized matmul kernels need AVX2, FMA and F16C");
+    let vnni = vnni();
+    assert_eq!(x.len(), m * k);
+    for p in products.iter() {
+        assert_eq!(k % p.kind.block(), 0, "{k} inputs is not a whole number of {:?} blocks", p.kind);
+        assert_eq!(p.w.len(), p.n * k / p.kind.block() * p.kind.bytes(), "weight bytes do not match {} x {k} {:?}", p.n, p.kind);
+        assert_eq!(p.out.len(), m * p.n);
+    }
+    if m == 0 {
+        return;
+    }
+    // One quantization per input format; Q5_0's VNNI correction rides on Q8_0's.
+    let mut acts: Vec<(Kind, Acts)> = Vec::new();
+    for p in products.iter() {
+        let f = act_format(p.kind);
+        if !acts.iter().any(|(g, _)| *g == f) {
+            let as_kind = if f == Kind::Q8_0 && products.iter().any(|q| q.kind == Kind::Q5_0) { Kind::Q5_0 } else { f };
+            acts.push((f, Acts::quantize(as_kind, x, m, k, vnni)));
+        }
+    }
+    // (kind, weights, n, out, acts, first tile) per product; tiles numbered across products.
+    let mut parts = Vec::with_capacity(products.len());
+    let mut tiles = 0;
+    for p in products.iter_mut() {
+        let a = &acts.iter().find(|(g, _)| *g == act_format(p.kind)).expect("quantized above").1;
+        parts.push((p.kind, p.w, p.n, p.out.as_mut_ptr() as usize, a, tiles));
+        tiles += p.n.div_ceil(4);
+    }
+    let work = |range: std::ops::Range<usize>| {
+        for &(kind, w, n, out, a, first) in &parts {
+            let (lo, hi) = (range.start.max(first), range.end.min(first + n.div_ceil(4)));
+            if lo < hi {
+                // SAFETY: as in `matmul_on`; tile t of a product is handed to one worker only.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    run_tiles(kind, w, k / kind.block() * kind.bytes(), n, a, m, lo - first..hi - first, out as *mut f32, vnni)
+                }
+            }
+        }
+    };
+    candle_core::utils::barrier_pool().execute_chunked(tiles, work);
+}
+
 /// `out = x W^T`: `w` holds `n` rows of `k` weights as raw blocks of `kind`, `x` is (m, k),
 /// `out` is (m, n). `k` must be a multiple of the block size. Call only when [`enabled`].
 pub fn matmul(kind: Kind, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32]) {
@@ -1039,6 +1108,32 @@ mod tests {
                     assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} batch {m} element {i}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn many_products_give_the_bits_of_one_at_a_time() {
+        if !enabled() {
+            return;
+        }
+        let (k, m) = (512, 6);
+        let x = values(m * k, 17);
+        let qs: Vec<QTensor> = [(GgmlDType::Q5_0, 9), (GgmlDType::Q8_0, 12), (GgmlDType::Q4K, 5), (GgmlDType::Q6K, 8), (GgmlDType::Q4_1, 3)]
+            .iter()
+            .map(|&(d, n)| weights(d, n, k))
+            .collect();
+        let data: Vec<_> = qs.iter().map(|q| q.data().unwrap()).collect();
+        let mut outs: Vec<Vec<f32>> = qs.iter().map(|q| vec![0f32; m * q.shape().dims2().unwrap().0]).collect();
+        let mut products: Vec<Product> = qs
+            .iter()
+            .zip(&data)
+            .zip(outs.iter_mut())
+            .map(|((q, w), out)| Product { kind: Kind::of(q.dtype()).unwrap(), w, n: q.shape().dims2().unwrap().0, out })
+            .collect();
+        matmul_many(&mut products, k, &x, m);
+        for (q, got) in qs.iter().zip(&outs) {
+            let want = ours(q, &x, m);
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{:?}: matmul_many differs from matmul", q.dtype());
         }
     }
 

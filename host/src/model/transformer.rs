@@ -147,6 +147,39 @@ impl Linear {
     }
 }
 
+/// Several projections of the same input (each with its adapter, if any): on the CPU with
+/// kiln's kernels, the input is quantized once and the products share one call to the pool;
+/// each result is what [`Linear::forward`] gives.
+pub fn forward_many(linears: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>, candle_core::Error> {
+    let fused = matches!((x.device(), x.dtype(), x.rank()), (Device::Cpu, DType::F32, 2))
+        && linears.iter().all(|l| l.kernel.is_some() && l.in_features == linears[0].in_features);
+    if !fused || linears.len() < 2 {
+        return linears.iter().map(|l| l.forward(x)).collect();
+    }
+    let (m, k) = x.dims2()?;
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let data = linears.iter().map(|l| l.raw.data()).collect::<Result<Vec<_>, _>>()?;
+    let mut outs: Vec<Vec<f32>> = linears.iter().map(|l| vec![0f32; m * l.out_features]).collect();
+    let mut products: Vec<qmm::Product> = linears
+        .iter()
+        .zip(&data)
+        .zip(outs.iter_mut())
+        .map(|((l, w), out)| qmm::Product { kind: l.kernel.expect("checked above"), w, n: l.out_features, out })
+        .collect();
+    qmm::matmul_many(&mut products, k, &xs, m);
+    linears
+        .iter()
+        .zip(outs)
+        .map(|(l, out)| {
+            let y = Tensor::from_vec(out, (m, l.out_features), x.device())?;
+            match &l.adapter {
+                None => Ok(y),
+                Some(ad) => y + (x.matmul(&ad.a.t()?)?.matmul(&ad.b.t()?)? * ad.scale)?,
+            }
+        })
+        .collect()
+}
+
 /// Which projections exist in a layer, by PEFT's names.
 pub const TARGET_MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
@@ -657,9 +690,7 @@ impl Model {
         for (l, layer) in self.layers.iter().enumerate() {
             let (q, k, v) = phase(dev, "qkv", || -> Result<_, candle_core::Error> {
                 let h = rms_norm(&x, &layer.attn_norm, cfg.eps)?;
-                let mut q = layer.q.forward(&h)?;
-                let mut k = layer.k.forward(&h)?;
-                let v = layer.v.forward(&h)?;
+                let [mut q, mut k, v]: [Tensor; 3] = forward_many(&[&layer.q, &layer.k, &layer.v], &h)?.try_into().expect("three projections");
                 if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                     q = rms_norm(&q.reshape((n * nh, hd))?, qn, cfg.eps)?;
                     k = rms_norm(&k.reshape((n * nkv, hd))?, kn, cfg.eps)?;
@@ -767,7 +798,8 @@ impl Model {
         })?;
         let (g, u) = phase(dev, "gate+up", || -> Result<_, candle_core::Error> {
             let h = rms_norm(&x, &layer.ffn_norm, eps)?;
-            Ok((layer.gate.forward(&h)?, layer.up.forward(&h)?))
+            let [g, u]: [Tensor; 2] = forward_many(&[&layer.gate, &layer.up], &h)?.try_into().expect("two projections");
+            Ok((g, u))
         })?;
         let act = phase(dev, "activation", || gated(self.cfg.arch, &g, &u))?;
         Ok(phase(dev, "down", || -> Result<_, candle_core::Error> {
