@@ -388,6 +388,14 @@ unsafe fn run_tiles(kind: Kind, w: &[u8], row_bytes: usize, n: usize, acts: &Act
             let wr: [*const u8; 4] = std::array::from_fn(|i| w.as_ptr().add((4 * t + i).min(n - 1) * row_bytes));
             let cols = (n - 4 * t).min(4);
             let mut r = pass;
+            // AVX-512's 32 registers hold twice the input rows per tile (32-weight formats;
+            // the K formats' sums of four rows already fill them).
+            while vnni && kind.block() == 32 && r + 2 * TILE_ROWS <= end {
+                let rows: [usize; 2 * TILE_ROWS] = std::array::from_fn(|c| r + c);
+                let res = tile(kind, wr, ahead, acts, rows, vnni);
+                store(out, n, &rows, 4 * t, cols, &res);
+                r += 2 * TILE_ROWS;
+            }
             while r + TILE_ROWS <= end {
                 let rows: [usize; TILE_ROWS] = std::array::from_fn(|c| r + c);
                 let res = tile(kind, wr, ahead, acts, rows, vnni);
