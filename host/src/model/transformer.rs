@@ -1137,41 +1137,85 @@ impl Model {
 }
 
 /// The feed-forward's gated activation `act(g) * u`: GELU (tanh form) for gemma3, SiLU for
-/// llama. On the CPU one pass over both, rows spread over the pool, with GELU written as
-/// `x * sigmoid(2 * inner)`, which equals `0.5 * x * (1 + tanh(inner))` and needs one `exp`
-/// instead of a `tanh`; elsewhere tensor operations.
+/// llama. On the CPU one pass over both inputs as they are stored (no copies), rows spread
+/// over the pool, with GELU written as `x * sigmoid(2 * inner)`, which equals
+/// `0.5 * x * (1 + tanh(inner))`, and the exponential of [`exp_f32`], which vectorises;
+/// elsewhere tensor operations.
 fn gated(arch: Arch, g: &Tensor, u: &Tensor) -> Result<Tensor, candle_core::Error> {
-    if !g.device().is_cpu() || g.dtype() != DType::F32 || g.shape() != u.shape() {
+    if !g.device().is_cpu() || g.dtype() != DType::F32 || u.dtype() != DType::F32 || g.shape() != u.shape() {
         let act = match arch {
             Arch::Gemma3 => g.gelu()?,
             Arch::Llama => candle_nn::ops::silu(g)?,
         };
         return act * u;
     }
-    let gv = g.flatten_all()?.to_vec1::<f32>()?;
-    let uv = u.flatten_all()?.to_vec1::<f32>()?;
-    let mut out = vec![0f32; gv.len()];
-    const CHUNK: usize = 4096;
-    let f = |(o, (g, u)): (&mut [f32], (&[f32], &[f32]))| match arch {
-        Arch::Gemma3 => {
-            const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-            for ((o, &x), &u) in o.iter_mut().zip(g).zip(u) {
-                let inner = SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x);
-                *o = x / (1.0 + (-2.0 * inner).exp()) * u;
-            }
-        }
-        Arch::Llama => {
-            for ((o, &x), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = x / (1.0 + (-x).exp()) * u;
-            }
-        }
-    };
-    if out.len() <= CHUNK {
-        f((&mut out, (&gv, &uv)));
-    } else {
-        out.par_chunks_mut(CHUNK).zip(gv.par_chunks(CHUNK).zip(uv.par_chunks(CHUNK))).for_each(f);
+    g.apply_op2_no_bwd(u, &Gated(arch))
+}
+
+/// [`gated`]'s CPU pass.
+struct Gated(Arch);
+
+impl candle_core::CustomOp2 for Gated {
+    fn name(&self) -> &'static str {
+        "kiln-gated-activation"
     }
-    Tensor::from_vec(out, g.shape(), g.device())
+
+    fn cpu_fwd(
+        &self,
+        gs: &candle_core::CpuStorage,
+        gl: &candle_core::Layout,
+        us: &candle_core::CpuStorage,
+        ul: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape), candle_core::Error> {
+        let (Some((g0, g1)), Some((u0, u1))) = (gl.contiguous_offsets(), ul.contiguous_offsets()) else {
+            candle_core::bail!("the gated activation's inputs are not contiguous");
+        };
+        let (gv, uv) = (&gs.as_slice::<f32>()?[g0..g1], &us.as_slice::<f32>()?[u0..u1]);
+        let mut out = vec![0f32; gv.len()];
+        const CHUNK: usize = 4096;
+        let arch = self.0;
+        let f = |(o, (g, u)): (&mut [f32], (&[f32], &[f32]))| match arch {
+            Arch::Gemma3 => {
+                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+                for ((o, &x), &u) in o.iter_mut().zip(g).zip(u) {
+                    let inner = SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x);
+                    *o = x / (1.0 + exp_f32(-2.0 * inner)) * u;
+                }
+            }
+            Arch::Llama => {
+                for ((o, &x), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = x / (1.0 + exp_f32(-x)) * u;
+                }
+            }
+        };
+        if out.len() <= CHUNK {
+            f((&mut out, (gv, uv)));
+        } else {
+            out.par_chunks_mut(CHUNK).zip(gv.par_chunks(CHUNK).zip(uv.par_chunks(CHUNK))).for_each(f);
+        }
+        Ok((candle_core::CpuStorage::F32(out), gl.shape().clone()))
+    }
+}
+
+/// `e^x` in f32 within 2 ulp (tested against f64), in straight-line arithmetic that the
+/// compiler vectorises (libm's `expf` is a call per element): `x = n ln 2 + r` with
+/// |r| <= ln 2 / 2, a degree-7 Taylor polynomial for `e^r` (Horner, fused multiply-adds), and
+/// `2^n` put into the exponent bits. The input is clamped to [-87.3, 88], where `2^n` stays a
+/// normal f32 (so very large inputs give about 2e38, not infinity, and very small ones about
+/// 1e-38).
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n * LN2_HI is exact for |n| < 2^8.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding and taking off 1.5 * 2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let p = [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0].iter().fold(1.0 / 5040.0, |acc: f32, &c| acc.mul_add(r, c));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// Dot product with sixteen independent accumulators (two AVX vectors; the chunks are exact
@@ -1203,6 +1247,34 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exp_f32_is_within_two_ulp_of_f64() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let got = exp_f32(x) as f64;
+            // One ulp of the f32 nearest the true value.
+            let ulp = (want as f32).abs().next_up() as f64 - (want as f32).abs() as f64;
+            worst = worst.max((got - want).abs() / ulp);
+            x += 0.000_731;
+        }
+        assert!(worst <= 2.0, "exp_f32 is {worst} ulp from e^x");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(1000.0).is_finite() && exp_f32(-1000.0) >= 0.0);
+    }
+
+    #[test]
+    fn gated_activation_matches_the_tensor_operations() {
+        let g = Tensor::from_vec((0..6000).map(|i| (i as f32 - 3000.0) / 300.0).collect::<Vec<f32>>(), (3, 2000), &Device::Cpu).unwrap();
+        let u = Tensor::from_vec((0..6000).map(|i| 1.0 + (i % 7) as f32 / 3.0).collect::<Vec<f32>>(), (3, 2000), &Device::Cpu).unwrap();
+        for (arch, want) in [(Arch::Gemma3, (g.gelu().unwrap() * &u).unwrap()), (Arch::Llama, (candle_nn::ops::silu(&g).unwrap() * &u).unwrap())] {
+            let got = gated(arch, &g, &u).unwrap();
+            let worst = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(worst < 1e-5, "{arch:?}: largest difference {worst}");
+        }
+    }
 
     #[test]
     fn q5_0_becomes_q8_0_without_changing_a_weight() {
