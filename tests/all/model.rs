@@ -404,7 +404,7 @@ fn cli_device_and_stats() {
     let prof = run(&["--stats", "--profile"]);
     assert_eq!(prof.stdout, plain.stdout);
     let line: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&prof.stderr).lines().last().unwrap()).unwrap();
-    for phase in ["embed", "qkv", "o+ffn", "logits", "to-host", "sample"] {
+    for phase in ["embed", "qkv", "attention", "o", "gate+up", "activation", "down", "logits", "to-host", "sample"] {
         assert!(line["phases"][phase]["calls"].as_u64().unwrap_or(0) > 0, "phase {phase}: {line}");
     }
     assert_eq!(line["phases"]["embed"]["calls"], line["phases"]["sample"]["calls"], "one embedding per step: {line}");
