@@ -724,8 +724,14 @@ impl Model {
         let vv = v.flatten_all()?.to_vec1::<f32>()?;
         let rope = &self.ropes[layer.rope];
         let style = cfg.rope_style();
-        qv.par_chunks_mut(nh * hd).zip(pos.par_iter()).for_each(|(row, &p)| rope.apply(row, hd, p, style));
-        kv.par_chunks_mut(nkv * hd).zip(pos.par_iter()).for_each(|(row, &p)| rope.apply(row, hd, p, style));
+        // Rotary embedding is light: rows go to the pool only when there are many.
+        if n < 64 {
+            qv.chunks_mut(nh * hd).zip(pos).for_each(|(row, &p)| rope.apply(row, hd, p, style));
+            kv.chunks_mut(nkv * hd).zip(pos).for_each(|(row, &p)| rope.apply(row, hd, p, style));
+        } else {
+            qv.par_chunks_mut(nh * hd).zip(pos.par_iter()).for_each(|(row, &p)| rope.apply(row, hd, p, style));
+            kv.par_chunks_mut(nkv * hd).zip(pos.par_iter()).for_each(|(row, &p)| rope.apply(row, hd, p, style));
+        }
         // Append this step's keys and values to each sequence's cache.
         let kw = nkv * hd;
         let mut r = 0;
@@ -744,7 +750,7 @@ impl Model {
         // Attention per row and head, in f32, over the keys the row may see. The heads that
         // share a key-value head go together, so that each cached key and value is read once
         // per row, not once per head; each head's arithmetic is as if it were alone.
-        out.par_chunks_mut(nh * hd).enumerate().for_each_init(|| (Vec::<f32>::new(), vec![0f32; group]), |(scores, inv), (row, o)| {
+        let attend = |(scores, inv): &mut (Vec<f32>, Vec<f32>), (row, o): (usize, &mut [f32])| {
             let c = caches[owner[row]];
             let p = pos[row];
             let first = window.map_or(0, |w| (p + 1).saturating_sub(w)).max(c.start);
@@ -781,7 +787,15 @@ impl Model {
                     }
                 }
             }
-        });
+        };
+        // One row (decode at batch 1) is one task: handing it to the pool would only add the
+        // pool's wake-up to every layer.
+        let scratch = || (Vec::<f32>::new(), vec![0f32; group]);
+        if n == 1 {
+            attend(&mut scratch(), (0, &mut out));
+        } else {
+            out.par_chunks_mut(nh * hd).enumerate().for_each_init(scratch, attend);
+        }
         drop(caches);
         Ok(Tensor::from_vec(out, (n, nh * hd), &self.device)?)
     }
