@@ -388,9 +388,8 @@ unsafe fn run_tiles(kind: Kind, w: &[u8], row_bytes: usize, n: usize, acts: &Act
             let wr: [*const u8; 4] = std::array::from_fn(|i| w.as_ptr().add((4 * t + i).min(n - 1) * row_bytes));
             let cols = (n - 4 * t).min(4);
             let mut r = pass;
-            // AVX-512's 32 registers hold twice the input rows per tile (32-weight formats;
-            // the K formats' sums of four rows already fill them).
-            while vnni && kind.block() == 32 && r + 2 * TILE_ROWS <= end {
+            // AVX-512's 32 registers hold twice the input rows per tile.
+            while vnni && r + 2 * TILE_ROWS <= end {
                 let rows: [usize; 2 * TILE_ROWS] = std::array::from_fn(|c| r + c);
                 let res = tile(kind, wr, ahead, acts, rows, vnni);
                 store(out, n, &rows, 4 * t, cols, &res);
@@ -696,15 +695,16 @@ unsafe fn tile_q4k_vnni<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Ac
             let bs = _mm256_loadu_si256(a.bsums.as_ptr().add((rows[c] * nb + b) * 16) as *const __m256i);
             _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256::<1>(bs))
         });
-        let mut dots = [[_mm512_setzero_si512(); 4]; C];
-        let mut mins = [[_mm_setzero_si128(); 4]; C];
+        // Rows fold in pairs as they come (0 with 1, 2 with 3), so that eight input rows fit
+        // the registers; the integer sums are the same.
+        let mut held = [_mm512_setzero_si512(); C];
+        let mut p01 = [_mm512_setzero_si512(); C];
+        let mut dots = [_mm_setzero_si128(); C];
+        let mut mv = [_mm_setzero_si128(); 4];
         for i in 0..4 {
             let sm = q4k_scales(&*(blk[i].add(4) as *const [u8; 12]));
-            let mv = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, sm[3] as i32, sm[2] as i32));
+            mv[i] = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, sm[3] as i32, sm[2] as i32));
             let sc = (sm[0] as u64 | (sm[1] as u64) << 32).to_le_bytes();
-            for c in 0..C {
-                mins[c][i] = _mm_madd_epi16(mv, pair_sums[c]);
-            }
             let mut q = [_mm512_setzero_si512(); 4];
             let mut sv = [_mm512_setzero_si512(); 4];
             for j in 0..4 {
@@ -720,13 +720,21 @@ unsafe fn tile_q4k_vnni<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Ac
                     let p = _mm512_maddubs_epi16(q[j], _mm512_loadu_si512(y.add(64 * j) as *const __m512i));
                     s = _mm512_dpwssd_epi32(s, p, sv[j]);
                 }
-                dots[c][i] = s;
+                match i {
+                    0 | 2 => held[c] = s,
+                    1 => p01[c] = fold_pair(held[c], s),
+                    _ => {
+                        let r = finish4x2(p01[c], fold_pair(held[c], s));
+                        dots[c] = _mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
+                    }
+                }
             }
         }
         for c in 0..C {
             let dy = *a.d.get_unchecked(rows[c] * nb + b);
-            let s = _mm_cvtepi32_ps(reduce4_512(dots[c]));
-            let mn = _mm_cvtepi32_ps(reduce4_128(mins[c]));
+            let s = _mm_cvtepi32_ps(dots[c]);
+            let mins: [__m128i; 4] = std::array::from_fn(|i| _mm_madd_epi16(mv[i], pair_sums[c]));
+            let mn = _mm_cvtepi32_ps(reduce4_128(mins));
             acc[c] = _mm_fmadd_ps(s, _mm_mul_ps(wd, _mm_set1_ps(dy)), acc[c]);
             acc[c] = _mm_fmadd_ps(mn, _mm_mul_ps(wdmin, _mm_set1_ps(-dy)), acc[c]);
         }
@@ -761,7 +769,10 @@ unsafe fn tile_q6k_vnni<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Ac
         let wd = scales4(std::array::from_fn(|i| blk[i].add(208)));
         let bsums: [__m256i; C] =
             std::array::from_fn(|c| _mm256_loadu_si256(a.bsums.as_ptr().add((rows[c] * nb + b) * 16) as *const __m256i));
-        let mut dots = [[_mm512_setzero_si512(); 4]; C];
+        // Rows fold in pairs as they come, as in the Q4_K tile.
+        let mut held = [_mm512_setzero_si512(); C];
+        let mut p01 = [_mm512_setzero_si512(); C];
+        let mut dots = [_mm_setzero_si128(); C];
         for i in 0..4 {
             let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk[i].add(192) as *const __m128i));
             let wide = _mm512_castsi256_si512(sc16);
@@ -794,25 +805,23 @@ unsafe fn tile_q6k_vnni<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Ac
                     let p = _mm512_maddubs_epi16(q[r], _mm512_loadu_si512(y.add(64 * r) as *const __m512i));
                     s = _mm512_dpwssd_epi32(s, p, sv[r]);
                 }
-                dots[c][i] = s;
+                match i {
+                    0 | 2 => held[c] = s,
+                    1 => p01[c] = fold_pair(held[c], s),
+                    _ => {
+                        let r = finish4x2(p01[c], fold_pair(held[c], s));
+                        dots[c] = _mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
+                    }
+                }
             }
         }
         for c in 0..C {
             let dy = *a.d.get_unchecked(rows[c] * nb + b);
-            let s = _mm_cvtepi32_ps(reduce4_512(dots[c]));
+            let s = _mm_cvtepi32_ps(dots[c]);
             acc[c] = _mm_fmadd_ps(s, _mm_mul_ps(wd, _mm_set1_ps(dy)), acc[c]);
         }
     }
     acc
-}
-
-/// Sums of each of four vectors of sixteen i32, as the four lanes of one vector.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-#[inline]
-fn reduce4_512(d: [__m512i; 4]) -> __m128i {
-    let r = reduce4x2(d);
-    _mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r))
 }
 
 /// Of four vectors of sixteen i32 (lanes 0..8 from block b, 8..16 from block b+1), the sum of
@@ -821,9 +830,24 @@ fn reduce4_512(d: [__m512i; 4]) -> __m128i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[inline]
 fn reduce4x2(d: [__m512i; 4]) -> __m256i {
-    // Per 128-bit lane: [v0, v1, v0, v1] partial sums, then [v0, v1, v2, v3].
-    let t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[0], d[1]), _mm512_unpackhi_epi32(d[0], d[1]));
-    let t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[2], d[3]), _mm512_unpackhi_epi32(d[2], d[3]));
+    finish4x2(fold_pair(d[0], d[1]), fold_pair(d[2], d[3]))
+}
+
+/// The first step of [`reduce4x2`], for two vectors: per 128-bit lane, partial sums
+/// [v0, v1, v0, v1]. A tile can fold its rows in pairs as it goes with it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+fn fold_pair(a: __m512i, b: __m512i) -> __m512i {
+    _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
+}
+
+/// The rest of [`reduce4x2`] from the folded pairs of rows (0, 1) and (2, 3).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+fn finish4x2(t0: __m512i, t1: __m512i) -> __m256i {
+    // Per 128-bit lane: [v0, v1, v2, v3].
     let t = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
     // 128-bit lanes 0+1 are block b, 2+3 block b+1.
     let u = _mm512_add_epi32(t, _mm512_shuffle_i32x4::<0b10_11_00_01>(t, t));
