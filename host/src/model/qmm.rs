@@ -691,20 +691,14 @@ unsafe fn tile_q4k_vnni<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Ac
         }
         let wd = scales4(blk);
         let wdmin = scales4(std::array::from_fn(|i| blk[i].add(2)));
-        let pair_sums: [__m128i; C] = std::array::from_fn(|c| {
-            let bs = _mm256_loadu_si256(a.bsums.as_ptr().add((rows[c] * nb + b) * 16) as *const __m256i);
-            _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256::<1>(bs))
-        });
-        // Rows fold in pairs as they come (0 with 1, 2 with 3), so that eight input rows fit
-        // the registers; the integer sums are the same.
+        let pair_sums: [__m128i; C] = std::array::from_fn(|c| q4k_pair_sums(a, rows[c] * nb + b));
         let mut held = [_mm512_setzero_si512(); C];
         let mut p01 = [_mm512_setzero_si512(); C];
         let mut dots = [_mm_setzero_si128(); C];
         let mut mv = [_mm_setzero_si128(); 4];
         for i in 0..4 {
-            let sm = q4k_scales(&*(blk[i].add(4) as *const [u8; 12]));
-            mv[i] = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, sm[3] as i32, sm[2] as i32));
-            let sc = (sm[0] as u64 | (sm[1] as u64) << 32).to_le_bytes();
+            let (sc, mins) = q4k_block_scales(blk[i]);
+            mv[i] = mins;
             let mut q = [_mm512_setzero_si512(); 4];
             let mut sv = [_mm512_setzero_si512(); 4];
             for j in 0..4 {
@@ -715,19 +709,8 @@ unsafe fn tile_q4k_vnni<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Ac
             }
             for c in 0..C {
                 let y = a.qs.as_ptr().add(rows[c] * k + b * 256);
-                let mut s = _mm512_setzero_si512();
-                for j in 0..4 {
-                    let p = _mm512_maddubs_epi16(q[j], _mm512_loadu_si512(y.add(64 * j) as *const __m512i));
-                    s = _mm512_dpwssd_epi32(s, p, sv[j]);
-                }
-                match i {
-                    0 | 2 => held[c] = s,
-                    1 => p01[c] = fold_pair(held[c], s),
-                    _ => {
-                        let r = finish4x2(p01[c], fold_pair(held[c], s));
-                        dots[c] = _mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
-                    }
-                }
+                let s = k_dot(_mm512_setzero_si512(), q, sv, y);
+                fold_row(i, s, &mut held[c], &mut p01[c], &mut dots[c]);
             }
         }
         for c in 0..C {
@@ -749,8 +732,6 @@ unsafe fn tile_q4k_vnni<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Ac
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn tile_q6k_vnni<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, rows: [usize; C]) -> [__m128; C] {
-    let low4 = _mm256_set1_epi8(0x0F);
-    let low2 = _mm256_set1_epi8(0x03);
     // Sub-scale lanes: register r (= 2h + pair) covers sub-scales 4r..4r+4, eight i16 lanes each.
     let pick: [__m512i; 4] = std::array::from_fn(|r| {
         let lanes: [i16; 32] = std::array::from_fn(|l| (4 * r + l / 8) as i16);
@@ -769,7 +750,6 @@ unsafe fn tile_q6k_vnni<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Ac
         let wd = scales4(std::array::from_fn(|i| blk[i].add(208)));
         let bsums: [__m256i; C] =
             std::array::from_fn(|c| _mm256_loadu_si256(a.bsums.as_ptr().add((rows[c] * nb + b) * 16) as *const __m256i));
-        // Rows fold in pairs as they come, as in the Q4_K tile.
         let mut held = [_mm512_setzero_si512(); C];
         let mut p01 = [_mm512_setzero_si512(); C];
         let mut dots = [_mm_setzero_si128(); C];
@@ -779,19 +759,7 @@ unsafe fn tile_q6k_vnni<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Ac
             let mut q = [_mm512_setzero_si512(); 4];
             let mut sv = [_mm512_setzero_si512(); 4];
             for h in 0..2 {
-                let ql0 = _mm256_loadu_si256(blk[i].add(64 * h) as *const __m256i);
-                let ql1 = _mm256_loadu_si256(blk[i].add(64 * h + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(blk[i].add(128 + 32 * h) as *const __m256i);
-                let g0 = _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, low2)));
-                let g1 = _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), low2)));
-                let g2 = _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), low2)),
-                );
-                let g3 = _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), low2)),
-                );
+                let [g0, g1, g2, g3] = q6k_values(blk[i], h);
                 q[2 * h] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(g0), g1);
                 q[2 * h + 1] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(g2), g3);
                 sv[2 * h] = _mm512_permutexvar_epi16(pick[2 * h], wide);
@@ -799,20 +767,9 @@ unsafe fn tile_q6k_vnni<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Ac
             }
             for c in 0..C {
                 let offset = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc16, bsums[c])));
-                let mut s = _mm512_zextsi256_si512(offset);
                 let y = a.qs.as_ptr().add(rows[c] * k + b * 256);
-                for r in 0..4 {
-                    let p = _mm512_maddubs_epi16(q[r], _mm512_loadu_si512(y.add(64 * r) as *const __m512i));
-                    s = _mm512_dpwssd_epi32(s, p, sv[r]);
-                }
-                match i {
-                    0 | 2 => held[c] = s,
-                    1 => p01[c] = fold_pair(held[c], s),
-                    _ => {
-                        let r = finish4x2(p01[c], fold_pair(held[c], s));
-                        dots[c] = _mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
-                    }
-                }
+                let s = k_dot(_mm512_zextsi256_si512(offset), q, sv, y);
+                fold_row(i, s, &mut held[c], &mut p01[c], &mut dots[c]);
             }
         }
         for c in 0..C {
@@ -822,6 +779,81 @@ unsafe fn tile_q6k_vnni<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Ac
         }
     }
     acc
+}
+
+/// The VNNI K-format tiles' integer dot of one weight row's 256 unsigned values `q` (64 per
+/// register) with the 256 input bytes at `y`: byte products summed in pairs, then times the
+/// sub-scales `sv`, added to `s`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn k_dot(mut s: __m512i, q: [__m512i; 4], sv: [__m512i; 4], y: *const i8) -> __m512i {
+    for r in 0..4 {
+        let p = _mm512_maddubs_epi16(q[r], _mm512_loadu_si512(y.add(64 * r) as *const __m512i));
+        s = _mm512_dpwssd_epi32(s, p, sv[r]);
+    }
+    s
+}
+
+/// The VNNI K-format tiles fold weight row `i`'s partial sums `s` (rows in order 0..4) into
+/// one input row's sums as they come, 0 with 1 and 2 with 3, so that eight input rows fit the
+/// registers: `dots` gets the four rows' sums once row 3 came (the integers of [`reduce4x2`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+fn fold_row(i: usize, s: __m512i, held: &mut __m512i, p01: &mut __m512i, dots: &mut __m128i) {
+    match i {
+        0 | 2 => *held = s,
+        1 => *p01 = fold_pair(*held, s),
+        _ => {
+            let r = finish4x2(*p01, fold_pair(*held, s));
+            *dots = _mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
+        }
+    }
+}
+
+/// Sums of an input row's integers over each 32-weight sub-block of block `at` (pairs of
+/// Q8_K's 16-sums), as eight i16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn q4k_pair_sums(a: &Acts, at: usize) -> __m128i {
+    let bs = _mm256_loadu_si256(a.bsums.as_ptr().add(at * 16) as *const __m256i);
+    _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256::<1>(bs))
+}
+
+/// A Q4_K block's eight sub-scales (as bytes) and eight minima (as i16).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn q4k_block_scales(blk: *const u8) -> ([u8; 8], __m128i) {
+    let sm = q4k_scales(&*(blk.add(4) as *const [u8; 12]));
+    let mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, sm[3] as i32, sm[2] as i32));
+    ((sm[0] as u64 | (sm[1] as u64) << 32).to_le_bytes(), mins)
+}
+
+/// Half `h` (weights 128h..128h+128) of a Q6_K block as four groups of 32 values 0..64: the
+/// low nibbles (64 bytes) with their high pairs (32 bytes) as bits 4 and 5.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn q6k_values(blk: *const u8, h: usize) -> [__m256i; 4] {
+    let (low4, low2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
+    let ql0 = _mm256_loadu_si256(blk.add(64 * h) as *const __m256i);
+    let ql1 = _mm256_loadu_si256(blk.add(64 * h + 32) as *const __m256i);
+    let qh = _mm256_loadu_si256(blk.add(128 + 32 * h) as *const __m256i);
+    [
+        _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, low2))),
+        _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), low2))),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+            _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), low2)),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+            _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), low2)),
+        ),
+    ]
 }
 
 /// Of four vectors of sixteen i32 (lanes 0..8 from block b, 8..16 from block b+1), the sum of
@@ -923,17 +955,11 @@ unsafe fn tile_q4k<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, r
         prefetch4(&blk, ahead);
         let wd = scales4(blk);
         let wdmin = scales4(std::array::from_fn(|i| blk[i].add(2)));
-        // Sums of the input's integers over each 32-weight sub-block (pairs of Q8_K's 16-sums).
-        let pair_sums: [__m128i; C] = std::array::from_fn(|c| {
-            let bs = _mm256_loadu_si256(a.bsums.as_ptr().add((rows[c] * nb + b) * 16) as *const __m256i);
-            _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256::<1>(bs))
-        });
+        let pair_sums: [__m128i; C] = std::array::from_fn(|c| q4k_pair_sums(a, rows[c] * nb + b));
         let mut dots = [[_mm256_setzero_si256(); 4]; C];
         let mut mins = [[_mm_setzero_si128(); 4]; C];
         for i in 0..4 {
-            let sm = q4k_scales(&*(blk[i].add(4) as *const [u8; 12]));
-            let mv = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, sm[3] as i32, sm[2] as i32));
-            let sc = (sm[0] as u64 | (sm[1] as u64) << 32).to_le_bytes();
+            let (sc, mv) = q4k_block_scales(blk[i]);
             for c in 0..C {
                 mins[c][i] = _mm_madd_epi16(mv, pair_sums[c]);
             }
@@ -970,8 +996,6 @@ unsafe fn tile_q4k<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, r
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile_q6k<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, rows: [usize; C]) -> [__m128; C] {
-    let low4 = _mm256_set1_epi8(0x0F);
-    let low2 = _mm256_set1_epi8(0x03);
     // Shuffles that spread sub-scales (2g, 2g+1) over eight bytes each, g = 0..8.
     let spread: [__m128i; 8] = std::array::from_fn(|g| {
         let (x, y) = ((2 * g) as i8, (2 * g + 1) as i8);
@@ -996,25 +1020,7 @@ unsafe fn tile_q6k<const C: usize>(wr: [*const u8; 4], ahead: usize, a: &Acts, r
                 s[c] = _mm256_sub_epi32(_mm256_setzero_si256(), s[c]);
             }
             for h in 0..2 {
-                // Each half of 128 weights: 64 bytes of low nibbles, 32 bytes of high pairs.
-                let ql0 = _mm256_loadu_si256(blk[i].add(64 * h) as *const __m256i);
-                let ql1 = _mm256_loadu_si256(blk[i].add(64 * h + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(blk[i].add(128 + 32 * h) as *const __m256i);
-                let q = [
-                    _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, low2))),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, low4),
-                        _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), low2)),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
-                        _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), low2)),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
-                        _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), low2)),
-                    ),
-                ];
+                let q = q6k_values(blk[i], h);
                 for (g, qg) in q.iter().enumerate() {
                     let sv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, spread[4 * h + g]));
                     for c in 0..C {
