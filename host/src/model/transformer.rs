@@ -140,6 +140,11 @@ impl Linear {
         } else {
             self.weight.forward(x)?
         };
+        self.add_adapter(x, y)
+    }
+
+    /// `y` (the frozen product of `x`) plus the adapter's contribution, if there is one.
+    fn add_adapter(&self, x: &Tensor, y: Tensor) -> Result<Tensor, candle_core::Error> {
         match &self.adapter {
             None => Ok(y),
             Some(ad) => y + (x.matmul(&ad.a.t()?)?.matmul(&ad.b.t()?)? * ad.scale)?,
@@ -171,11 +176,7 @@ pub fn forward_many(linears: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>, cand
         .iter()
         .zip(outs)
         .map(|(l, out)| {
-            let y = Tensor::from_vec(out, (m, l.out_features), x.device())?;
-            match &l.adapter {
-                None => Ok(y),
-                Some(ad) => y + (x.matmul(&ad.a.t()?)?.matmul(&ad.b.t()?)? * ad.scale)?,
-            }
+            l.add_adapter(x, Tensor::from_vec(out, (m, l.out_features), x.device())?)
         })
         .collect()
 }
