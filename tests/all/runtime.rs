@@ -75,3 +75,47 @@ fn config_rejection_names_the_plugin() {
     let err = runtime().load(&spec(test_plugin("hostile"), json!({"mode": "reject-config"}))).err().unwrap().to_string();
     assert!(err.contains("\"hostile\"") && err.contains("rejected its configuration") && err.contains("refuses"), "{err}");
 }
+
+/// Every field of kiln's samples reaches the guest as kiln holds it: empty and non-ASCII texts,
+/// stop sequences present or not, every finish reason, verdicts and metadata present or not
+/// (the hostile plugin's "echo" mode returns what it received as JSON).
+#[test]
+fn samples_reach_the_guest_field_for_field() {
+    let p = runtime().load(&spec(test_plugin("hostile"), json!({ "mode": "echo", "always": true }))).unwrap();
+    let mut batch = samples(5);
+    batch[0].response = String::new();
+    batch[0].instruction_generation.stop_sequence = Some(String::new());
+    batch[1].instruction = "Übersetze: «naïve café» — 日本語 👩‍💻".into();
+    batch[1].response_generation = Generation { finish_reason: FinishReason::Length, stop_sequence: None, prompt_tokens: 7, completion_tokens: 256, max_tokens: 256 };
+    batch[2].instruction_generation = Generation { finish_reason: FinishReason::Eos, stop_sequence: Some("###".into()), prompt_tokens: u32::MAX, completion_tokens: 0, max_tokens: 1 };
+    batch[2].verdicts = vec![
+        Verdict { critic: "critic-ab".into(), aspect: "instruction".into(), pass: true, margin: 1.25, reason: "A over B".into() },
+        Verdict { critic: "critic-ab".into(), aspect: "response".into(), pass: false, margin: -0.5, reason: String::new() },
+    ];
+    batch[3].metadata.insert("source".into(), "seed 3".into());
+    batch[3].metadata.insert(String::new(), "ключ".into());
+    batch[4].id = String::new();
+    batch[4].instruction_type = "brainstorming".into();
+    let out = p.worker(0).clean(&batch).unwrap();
+    for (s, o) in batch.iter().zip(&out) {
+        let CleanOutcome::Keep { sample } = o else { panic!("{o:?}") };
+        let reason = |r: FinishReason| match r {
+            FinishReason::Stop => "stop",
+            FinishReason::Eos => "eos",
+            FinishReason::Length => "length",
+            FinishReason::None => "none",
+        };
+        let generation = |g: &Generation| json!([reason(g.finish_reason), g.stop_sequence, g.prompt_tokens, g.completion_tokens, g.max_tokens]);
+        let want = json!({
+            "id": s.id,
+            "instruction_type": s.instruction_type,
+            "instruction": s.instruction,
+            "response": s.response,
+            "generations": [generation(&s.instruction_generation), generation(&s.response_generation)],
+            "verdicts": s.verdicts.iter().map(|v| json!([v.critic, v.aspect, v.pass, v.margin, v.reason])).collect::<Vec<_>>(),
+            "metadata": s.metadata.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+        });
+        let got: serde_json::Value = serde_json::from_str(&sample.metadata["echo"]).unwrap();
+        assert_eq!(got, want, "sample {:?}", s.id);
+    }
+}

@@ -6,7 +6,7 @@ use wasmtime::Store;
 
 use super::bindings::{cleaner, critic, qc, template, wit};
 use super::error::{CallError, FailureKind, PluginError};
-use super::lower::{sample_refs, SampleRef};
+use super::lower::{sample_refs, SampleList};
 use super::runtime::{HostState, Plugin};
 use super::types::*;
 use super::world::{World, WIT_PACKAGE, WIT_VERSION};
@@ -83,7 +83,7 @@ fn ids_of<I: RecordId>(items: &[I]) -> impl Fn() -> Vec<String> + '_ {
 }
 
 /// Call the function `func` of `world`'s interface with samples lowered by reference
-/// ([`SampleRef`]) rather than through the generated bindings, which would clone every sample.
+/// ([`SampleList`]) rather than through the generated bindings, which would clone every sample.
 fn call_with_samples<P, R>(live: &mut Live, world: World, func: &str, params: P) -> Raw<R>
 where
     P: ComponentNamedList + Lower,
@@ -375,7 +375,7 @@ impl<'p> Worker<'p> {
         let out: Vec<CleanReply> = self.call(
             CALL,
             &ids_of(samples),
-            |live| call_with_samples::<(&[SampleRef],), Vec<Outcome>>(live, World::Cleaner, CALL, (&refs,)),
+            |live| call_with_samples::<(&SampleList,), Vec<Outcome>>(live, World::Cleaner, CALL, (&refs,)),
             |v| v.into_iter().map(Into::into).collect(),
         )?;
         self.check_count(CALL, samples, out.len())?;
@@ -390,7 +390,7 @@ impl<'p> Worker<'p> {
         self.call(
             CALL,
             &ids_of(samples),
-            |live| call_with_samples::<(&[SampleRef],), qc::exports::kiln::stages::checking::Report>(live, World::QcRule, CALL, (&refs,)),
+            |live| call_with_samples::<(&SampleList,), qc::exports::kiln::stages::checking::Report>(live, World::QcRule, CALL, (&refs,)),
             Into::into,
         )
     }
@@ -404,7 +404,7 @@ impl<'p> Worker<'p> {
         let out: Vec<ScoreRequest> = self.call(
             CALL,
             &ids_of(samples),
-            |live| call_with_samples::<(&[SampleRef],), Vec<WitRequest>>(live, World::Critic, CALL, (&refs,)),
+            |live| call_with_samples::<(&SampleList,), Vec<WitRequest>>(live, World::Critic, CALL, (&refs,)),
             |v| v.into_iter().map(Into::into).collect(),
         )?;
         self.check_known(CALL, samples, out.iter().map(|r| r.sample_id.as_str()), "requested a score for")?;
@@ -422,7 +422,7 @@ impl<'p> Worker<'p> {
             CALL,
             &ids_of(samples),
             |live| {
-                call_with_samples::<(&[SampleRef], &[WitScore]), Vec<WitJudged>>(live, World::Critic, CALL, (&refs, &wit_scores))
+                call_with_samples::<(&SampleList, &[WitScore]), Vec<WitJudged>>(live, World::Critic, CALL, (&refs, &wit_scores))
             },
             |v| v.into_iter().map(Into::into).collect(),
         )?;

@@ -3,7 +3,8 @@
 //! (or on every sample with `"always": true`) and keeps every other sample unchanged.
 //!
 //! Modes: loop, memory, stack, panic, output, fs, env, print, probe (records what the sandbox
-//! lets it see in metadata), wrong-count (returns too few outcomes).
+//! lets it see in metadata), wrong-count (returns too few outcomes), echo (keeps the sample with
+//! one note, "echo": every field it received, as JSON).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -82,6 +83,28 @@ fn misbehave(mode: &str, s: &mut Sample) -> Option<Outcome> {
             note(s, "net", format!("{:?}", std::net::TcpStream::connect("127.0.0.1:9").map_err(|e| e.kind())));
         }
         "wrong-count" => return None,
+        "echo" => {
+            use kiln::stages::types::{FinishReason, Generation};
+            let generation = |g: &Generation| {
+                let reason = match g.finish_reason {
+                    FinishReason::Stop => "stop",
+                    FinishReason::Eos => "eos",
+                    FinishReason::Length => "length",
+                    FinishReason::None => "none",
+                };
+                serde_json::json!([reason, g.stop_sequence, g.prompt_tokens, g.completion_tokens, g.max_tokens])
+            };
+            let echo = serde_json::json!({
+                "id": s.id,
+                "instruction_type": s.instruction_type,
+                "instruction": s.instruction,
+                "response": s.response,
+                "generations": [generation(&s.instruction_generation), generation(&s.response_generation)],
+                "verdicts": s.verdicts.iter().map(|v| serde_json::json!([v.critic, v.aspect, v.pass, v.margin, v.reason])).collect::<Vec<_>>(),
+                "metadata": s.metadata.iter().map(|e| serde_json::json!([e.key, e.value])).collect::<Vec<_>>(),
+            });
+            return Some(Outcome::Keep(Edit { instruction: None, response: None, notes: vec![Entry { key: "echo".into(), value: echo.to_string() }] }));
+        }
         other => panic!("unknown hostile mode {other}"),
     }
     Some(Outcome::Keep(Edit { instruction: None, response: Some(s.response.clone()), notes: s.metadata.clone() }))
