@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use kiln_text::{cut_at_markers, normalized, repeated_ngram_ratio_with, GramSet, NearDupIndex, SearchScratch};
+use kiln_text::{chars_outside, cut_at_markers, normalized, repeated_ngram_ratio_with, GramSet, NearDupIndex, SearchScratch};
 use serde::Deserialize;
 
 #[cfg(target_arch = "wasm32")]
@@ -184,22 +184,22 @@ fn clean_one(cfg: &Config, reference: &NearDupIndex, seen: &mut NearDupIndex, wo
         notes.push(("cleaner-basic.response-truncated-at".to_string(), m));
         response = Cow::Owned(cut.trim().to_string());
     }
-    let ilen = instruction.chars().count();
-    if ilen < cfg.min_instruction_chars {
-        return drop("instruction-too-short", format!("{ilen} characters, minimum {}", cfg.min_instruction_chars));
+    if let Some(n) = chars_outside(&instruction, cfg.min_instruction_chars, cfg.max_instruction_chars) {
+        return if n < cfg.min_instruction_chars {
+            drop("instruction-too-short", format!("{n} characters, minimum {}", cfg.min_instruction_chars))
+        } else {
+            drop("instruction-too-long", format!("{n} characters, maximum {}", cfg.max_instruction_chars))
+        };
     }
-    if ilen > cfg.max_instruction_chars {
-        return drop("instruction-too-long", format!("{ilen} characters, maximum {}", cfg.max_instruction_chars));
-    }
-    let rlen = response.chars().count();
-    if rlen == 0 {
+    if response.is_empty() {
         return drop("empty-response", "the response is empty after cleaning".to_string());
     }
-    if rlen < cfg.min_response_chars {
-        return drop("response-too-short", format!("{rlen} characters, minimum {}", cfg.min_response_chars));
-    }
-    if rlen > cfg.max_response_chars {
-        return drop("response-too-long", format!("{rlen} characters, maximum {}", cfg.max_response_chars));
+    if let Some(n) = chars_outside(&response, cfg.min_response_chars, cfg.max_response_chars) {
+        return if n < cfg.min_response_chars {
+            drop("response-too-short", format!("{n} characters, minimum {}", cfg.min_response_chars))
+        } else {
+            drop("response-too-long", format!("{n} characters, maximum {}", cfg.max_response_chars))
+        };
     }
     let rep = repeated_ngram_ratio_with(&response, cfg.repetition_ngram, &mut work.words);
     if rep > cfg.max_repetition {

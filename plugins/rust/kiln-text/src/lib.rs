@@ -794,6 +794,18 @@ impl NearDupIndex {
     }
 }
 
+/// The number of characters of `text` when it lies outside `min..=max`, None when inside.
+/// A character takes one to four bytes, so the byte length alone settles most texts without
+/// counting: within bounds when `len <= max` and `ceil(len / 4) >= min`.
+pub fn chars_outside(text: &str, min: usize, max: usize) -> Option<usize> {
+    let len = text.len();
+    if len <= max && len.div_ceil(4) >= min {
+        return None;
+    }
+    let n = text.chars().count();
+    (n < min || n > max).then_some(n)
+}
+
 /// Cut a text at the first occurrence of any marker; returns the text before it and the marker
 /// that matched (the earliest one in the text; at equal positions, the first in `markers`).
 pub fn cut_at_markers<'a>(text: &'a str, markers: &[String]) -> (&'a str, Option<String>) {
@@ -868,6 +880,20 @@ fn find_marker<'m, const K: usize>(bytes: &[u8], firsts: &[u8; 8], markers: &'m 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chars_outside_agrees_with_counting() {
+        let texts = ["", "a", "abcd", "abcdefghij", "é", "éééé", "日本語のテキスト", "👩‍💻 code", "mixed ascii and ü and 😀"];
+        for t in texts {
+            let n = t.chars().count();
+            for min in 0..12 {
+                for max in min..40 {
+                    let want = (n < min || n > max).then_some(n);
+                    assert_eq!(chars_outside(t, min, max), want, "{t:?} {min}..={max}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn normalises_whitespace_and_controls() {
