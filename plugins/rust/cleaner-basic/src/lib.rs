@@ -156,13 +156,20 @@ pub fn reference_index(cfg: &Config, references: &[String]) -> NearDupIndex {
 /// batch are checked against the instructions kept earlier in the same batch.
 pub fn clean(cfg: &Config, reference: &NearDupIndex, batch: &[Texts]) -> Vec<Outcome> {
     let mut seen = NearDupIndex::new(cfg.dedup_ngram);
-    let mut work = Work::default();
+    let mut work = Work {
+        max_repetition: cfg.max_repetition.to_string(),
+        threshold: cfg.near_duplicate_threshold.to_string(),
+        ..Work::default()
+    };
     batch.iter().map(|t| clean_one(cfg, reference, &mut seen, &mut work, t)).collect()
 }
 
 /// Buffers reused from one sample to the next.
 #[derive(Default)]
 struct Work {
+    /// The configured thresholds as the drop details print them (formatted once per batch).
+    max_repetition: String,
+    threshold: String,
     words: Vec<u64>,
     grams: GramSet,
     reference_grams: GramSet,
@@ -205,7 +212,7 @@ fn clean_one(cfg: &Config, reference: &NearDupIndex, seen: &mut NearDupIndex, wo
     if rep > cfg.max_repetition {
         return drop(
             "repetitive",
-            format!("repeated {}-gram ratio {rep:.3} exceeds {}", cfg.repetition_ngram, cfg.max_repetition),
+            format!("repeated {}-gram ratio {rep:.3} exceeds {}", cfg.repetition_ngram, work.max_repetition),
         );
     }
     // The instruction's n-gram set, made once for both searches and the insertion.
@@ -220,7 +227,7 @@ fn clean_one(cfg: &Config, reference: &NearDupIndex, seen: &mut NearDupIndex, wo
         if sim >= cfg.near_duplicate_threshold {
             return drop(
                 "seed-duplicate",
-                format!("Jaccard {sim:.3} with {label} (threshold {})", cfg.near_duplicate_threshold),
+                format!("Jaccard {sim:.3} with {label} (threshold {})", work.threshold),
             );
         }
     }
@@ -228,7 +235,7 @@ fn clean_one(cfg: &Config, reference: &NearDupIndex, seen: &mut NearDupIndex, wo
         if sim >= cfg.near_duplicate_threshold {
             return drop(
                 "near-duplicate",
-                format!("Jaccard {sim:.3} with sample {label} (threshold {})", cfg.near_duplicate_threshold),
+                format!("Jaccard {sim:.3} with sample {label} (threshold {})", work.threshold),
             );
         }
     }
