@@ -239,9 +239,9 @@ fn enum_case<U, E: Lower>(cx: &mut LowerContext<'_, U>, value: E, ty: InterfaceT
 }
 
 /// The record type of a list's elements and its field types.
-fn record_fields(types: &wasmtime::component::__internal::ComponentTypes, ty: InterfaceType) -> Vec<InterfaceType> {
+fn record_fields(types: &wasmtime::component::__internal::ComponentTypes, ty: InterfaceType) -> &[wasmtime::component::__internal::wasmtime_environ::component::RecordField] {
     match ty {
-        InterfaceType::Record(r) => types[r].fields.iter().map(|f| f.ty).collect(),
+        InterfaceType::Record(r) => &types[r].fields,
         _ => unreachable!("type-checked as a record"),
     }
 }
@@ -255,7 +255,8 @@ impl<'a> SampleList<'a> {
             _ => unreachable!("type-checked as a list"),
         };
         let fields = record_fields(cx.types, element);
-        let gen_fields = record_fields(cx.types, fields[4]);
+        let (generation, verdicts, metadata) = (fields[4].ty, fields[6].ty, fields[7].ty);
+        let finish_reason = record_fields(cx.types, generation)[0].ty;
         let layout = Layout::new();
         let size = SampleRef::SIZE32;
         let bytes = samples.len().checked_mul(size).ok_or_else(|| wasmtime::format_err!("size overflow copying a list"))?;
@@ -281,11 +282,11 @@ impl<'a> SampleList<'a> {
                 if let Some(stop) = g.stop_sequence {
                     place(cx, stop)?;
                 }
-                e[k] = enum_case(cx, g.finish_reason, gen_fields[0])?;
+                e[k] = enum_case(cx, g.finish_reason, finish_reason)?;
             }
             enums.push(e);
-            let (vp, vn) = s.verdicts.lower_flat(cx, fields[6])?;
-            let (mp, mn) = s.metadata.lower_flat(cx, fields[7])?;
+            let (vp, vn) = s.verdicts.lower_flat(cx, verdicts)?;
+            let (mp, mn) = s.metadata.lower_flat(cx, metadata)?;
             let pairs = [vp, vn, mp, mn];
             lists.push(pairs);
         }
