@@ -192,9 +192,6 @@ unsafe impl Lower for SampleList<'_> {
     }
 }
 
-/// Where a text went in the guest: (pointer, the text).
-type Placed<'a> = (u32, &'a str);
-
 /// Field offsets of `record sample` and `record generation` (canonical ABI, 32-bit memory).
 struct Layout {
     /// id, instruction-type, instruction, response, the two generations, verdicts, metadata.
@@ -261,34 +258,31 @@ impl<'a> SampleList<'a> {
         let size = SampleRef::SIZE32;
         let bytes = samples.len().checked_mul(size).ok_or_else(|| wasmtime::format_err!("size overflow copying a list"))?;
         let base = cx.realloc(0, 0, SampleRef::ALIGN32, bytes)?;
-        // Pass 1: allocations. Texts are placed in the order of the record's fields.
-        let mut texts: Vec<Placed<'a>> = Vec::with_capacity(samples.len() * 4);
-        let mut lists: Vec<[u32; 4]> = Vec::with_capacity(samples.len());
-        let mut enums: Vec<[u32; 2]> = Vec::with_capacity(samples.len());
-        let mut place = |cx: &mut LowerContext<'_, U>, t: &'a str| -> wasmtime::Result<()> {
+        // Pass 1: allocations, and the guest words of each sample in this order: the four
+        // texts' pointers, each present stop sequence's pointer, the two finish reasons' cases,
+        // then the verdicts' and the metadata's (pointer, length).
+        let mut words: Vec<u32> = Vec::with_capacity(samples.len() * 10);
+        let place = |cx: &mut LowerContext<'_, U>, t: &str| -> wasmtime::Result<u32> {
             if t.len() > (1 << 31) - 1 {
                 wasmtime::bail!("string length of {} too large to copy into wasm", t.len());
             }
-            let ptr = if t.is_empty() { 1 } else { cx.realloc(0, 0, 1, t.len())? as u32 };
-            texts.push((ptr, t));
-            Ok(())
+            Ok(if t.is_empty() { 1 } else { cx.realloc(0, 0, 1, t.len())? as u32 })
         };
         for s in samples {
             for t in [s.id, s.instruction_type, s.instruction, s.response] {
-                place(cx, t)?;
+                words.push(place(cx, t)?);
             }
-            let mut e = [0u32; 2];
-            for (k, g) in [s.instruction_generation, s.response_generation].iter().enumerate() {
+            for g in [&s.instruction_generation, &s.response_generation] {
                 if let Some(stop) = g.stop_sequence {
-                    place(cx, stop)?;
+                    words.push(place(cx, stop)?);
                 }
-                e[k] = enum_case(cx, g.finish_reason, finish_reason)?;
             }
-            enums.push(e);
+            for g in [&s.instruction_generation, &s.response_generation] {
+                words.push(enum_case(cx, g.finish_reason, finish_reason)?);
+            }
             let (vp, vn) = s.verdicts.lower_flat(cx, verdicts)?;
             let (mp, mn) = s.metadata.lower_flat(cx, metadata)?;
-            let pairs = [vp, vn, mp, mn];
-            lists.push(pairs);
+            words.extend([vp, vn, mp, mn]);
         }
         // Pass 2: one view of the guest's memory for the whole batch.
         let mem = cx.as_slice_mut();
@@ -296,9 +290,7 @@ impl<'a> SampleList<'a> {
             wasmtime::bail!("the guest's allocator returned memory out of bounds");
         }
         let put = |mem: &mut [u8], at: usize, v: u32| mem[at..at + 4].copy_from_slice(&v.to_le_bytes());
-        let mut text = texts.iter();
-        let mut copy = |mem: &mut [u8], at: usize| -> wasmtime::Result<()> {
-            let &(ptr, t) = text.next().expect("one placement per text");
+        let copy = |mem: &mut [u8], at: usize, ptr: u32, t: &str| -> wasmtime::Result<()> {
             if !t.is_empty() {
                 mem.get_mut(ptr as usize..ptr as usize + t.len())
                     .ok_or_else(|| wasmtime::format_err!("the guest's allocator returned memory out of bounds"))?
@@ -308,29 +300,35 @@ impl<'a> SampleList<'a> {
             put(mem, at + 4, t.len() as u32);
             Ok(())
         };
+        let mut word = words.iter().copied();
+        let mut next = || word.next().expect("the words of pass 1");
         for (i, s) in samples.iter().enumerate() {
             let rec = base + i * size;
-            for k in 0..4 {
-                copy(mem, rec + layout.sample[k])?;
+            for (k, t) in [s.id, s.instruction_type, s.instruction, s.response].into_iter().enumerate() {
+                copy(mem, rec + layout.sample[k], next(), t)?;
             }
-            for (k, g) in [s.instruction_generation, s.response_generation].iter().enumerate() {
-                let at = rec + layout.sample[4 + k];
-                let o = &layout.generation;
-                mem[at + o[0]] = enums[i][k] as u8;
+            let gens = [&s.instruction_generation, &s.response_generation];
+            let o = &layout.generation;
+            for (k, g) in gens.iter().enumerate() {
+                let at = rec + layout.sample[4 + k] + o[1];
                 match g.stop_sequence {
-                    Some(_) => {
-                        mem[at + o[1]] = 1;
-                        copy(mem, at + o[1] + layout.stop_payload)?;
+                    Some(stop) => {
+                        mem[at] = 1;
+                        copy(mem, at + layout.stop_payload, next(), stop)?;
                     }
-                    None => mem[at + o[1]] = 0,
+                    None => mem[at] = 0,
                 }
+            }
+            for (k, g) in gens.iter().enumerate() {
+                let at = rec + layout.sample[4 + k];
+                mem[at + o[0]] = next() as u8;
                 put(mem, at + o[2], g.prompt_tokens);
                 put(mem, at + o[3], g.completion_tokens);
                 put(mem, at + o[4], g.max_tokens);
             }
             for k in 0..2 {
-                put(mem, rec + layout.sample[6 + k], lists[i][2 * k]);
-                put(mem, rec + layout.sample[6 + k] + 4, lists[i][2 * k + 1]);
+                put(mem, rec + layout.sample[6 + k], next());
+                put(mem, rec + layout.sample[6 + k] + 4, next());
             }
         }
         Ok((base, samples.len()))
