@@ -148,7 +148,7 @@ pub(crate) fn sample_refs(samples: &[Sample]) -> SampleList<'_> {
 }
 
 /// A batch of samples as the WIT `list<sample>`, lowered in two passes when the guest takes
-/// UTF-8 strings (as components built by wit-bindgen, componentize-py and componentize-js do):
+/// UTF-8 strings (as components built by wit-bindgen do):
 /// first every allocation in the guest (one per non-empty text, plus the lists of verdicts and
 /// metadata where there are any), then one pass over the guest's memory that copies the texts
 /// and writes the records. wasmtime's generic lowering looks the guest's memory up again for
@@ -235,7 +235,7 @@ fn enum_case<U, E: Lower>(cx: &mut LowerContext<'_, U>, value: E, ty: InterfaceT
     Ok(unsafe { std::ptr::read(flat.as_ptr() as *const ValRaw) }.get_u32())
 }
 
-/// The record type of a list's elements and its field types.
+/// The fields (names and types) of a record type.
 fn record_fields(types: &wasmtime::component::__internal::ComponentTypes, ty: InterfaceType) -> &[wasmtime::component::__internal::wasmtime_environ::component::RecordField] {
     match ty {
         InterfaceType::Record(r) => &types[r].fields,

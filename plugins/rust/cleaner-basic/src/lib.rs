@@ -143,6 +143,17 @@ fn drop(code: &str, detail: String) -> Outcome {
     Outcome::Drop { code: code.to_string(), detail }
 }
 
+/// The drop of a text (`what`: "instruction" or "response") whose length in characters lies
+/// outside `min..=max`: `<what>-too-short` or `<what>-too-long`.
+fn length_drop(what: &str, text: &str, min: usize, max: usize) -> Option<Outcome> {
+    let n = chars_outside(text, min, max)?;
+    Some(if n < min {
+        drop(&format!("{what}-too-short"), format!("{n} characters, minimum {min}"))
+    } else {
+        drop(&format!("{what}-too-long"), format!("{n} characters, maximum {max}"))
+    })
+}
+
 /// The reference index built once per configuration.
 pub fn reference_index(cfg: &Config, references: &[String]) -> NearDupIndex {
     let mut idx = NearDupIndex::new(cfg.dedup_ngram);
@@ -191,22 +202,14 @@ fn clean_one(cfg: &Config, reference: &NearDupIndex, seen: &mut NearDupIndex, wo
         notes.push(("cleaner-basic.response-truncated-at".to_string(), m));
         response = Cow::Owned(cut.trim().to_string());
     }
-    if let Some(n) = chars_outside(&instruction, cfg.min_instruction_chars, cfg.max_instruction_chars) {
-        return if n < cfg.min_instruction_chars {
-            drop("instruction-too-short", format!("{n} characters, minimum {}", cfg.min_instruction_chars))
-        } else {
-            drop("instruction-too-long", format!("{n} characters, maximum {}", cfg.max_instruction_chars))
-        };
+    if let Some(d) = length_drop("instruction", &instruction, cfg.min_instruction_chars, cfg.max_instruction_chars) {
+        return d;
     }
     if response.is_empty() {
         return drop("empty-response", "the response is empty after cleaning".to_string());
     }
-    if let Some(n) = chars_outside(&response, cfg.min_response_chars, cfg.max_response_chars) {
-        return if n < cfg.min_response_chars {
-            drop("response-too-short", format!("{n} characters, minimum {}", cfg.min_response_chars))
-        } else {
-            drop("response-too-long", format!("{n} characters, maximum {}", cfg.max_response_chars))
-        };
+    if let Some(d) = length_drop("response", &response, cfg.min_response_chars, cfg.max_response_chars) {
+        return d;
     }
     let rep = repeated_ngram_ratio_with(&response, cfg.repetition_ngram, &mut work.words);
     if rep > cfg.max_repetition {
