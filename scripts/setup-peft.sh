@@ -4,9 +4,10 @@
 # tests/peft/requirements.txt, in a venv at $KILN_PEFT_VENV (default .venv-peft in the
 # repository root). Idempotent: a venv already made from the same requirements is left alone.
 #
-# torch comes from the package registry as is: its Linux wheel brings the CUDA libraries
-# (about 5.6 GiB installed) because there is no CPU-only build there; it runs on the CPU all
-# the same.
+# torch comes from the package registry as is: its Linux wheel links the CUDA libraries (about
+# 3 GiB installed) because there is no CPU-only build there; it runs on the CPU all the same.
+# The requirements file pins the whole dependency closure and is installed with --no-deps, so
+# that nothing the test never loads (triton, 1 GiB) is downloaded.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${KILN_PEFT_VENV:-$root/.venv-peft}"
@@ -32,7 +33,7 @@ fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 for attempt in 1 2 3; do
-    if "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
+    if "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir --no-deps \
         --retries 10 --timeout 120 -r "$req" >"$log" 2>&1; then
         break
     fi
