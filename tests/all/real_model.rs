@@ -14,7 +14,8 @@
 //! asks for what is stable: identical prompt ids; the same first greedy token wherever
 //! llama.cpp's top two are more than 0.3 nats apart; top-5 log-probs within a mean of 0.15 and
 //! a max of 0.6 nats; and at least half of the 32-token greedy continuations matching
-//! llama.cpp's for 8 tokens or more (measured: gemma3 5/10 fully, SmolLM2 7/10 for 10+).
+//! llama.cpp's for 8 tokens or more (measured: gemma3 5/10 for 8+, 4 of them fully; SmolLM2 8/10 for
+//! 10+).
 //!
 //! Expectations: tests/fixtures/model/expected.json, made by
 //! `python tests/fixtures/model/make_expectations.py MODEL_DIR > tests/fixtures/model/expected.json`
