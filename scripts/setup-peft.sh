@@ -39,6 +39,11 @@ for attempt in 1 2 3; do
     fi
     echo "setup-peft: pip install -r $req failed (attempt $attempt of 3); its last lines:" >&2
     tail -n 15 "$log" >&2
+    # A full disk does not clear up by waiting: say where and how much is free, and stop.
+    if grep -q "No space left on device" "$log"; then
+        echo "setup-peft: the disk is full: the venv takes about 4.6 GiB at $venv (free now: $(df -h --output=avail "$venv" | tail -n 1 | tr -d ' '); pip also unpacks each wheel in ${TMPDIR:-/tmp}: $(df -h --output=avail "${TMPDIR:-/tmp}" | tail -n 1 | tr -d ' ') free); free some space or set KILN_PEFT_VENV to a folder on a larger disk" >&2
+        exit 3
+    fi
     if [ "$attempt" = 3 ]; then
         exit 2
     fi
