@@ -259,8 +259,8 @@ impl<'a> SampleList<'a> {
         let bytes = samples.len().checked_mul(size).ok_or_else(|| wasmtime::format_err!("size overflow copying a list"))?;
         let base = cx.realloc(0, 0, SampleRef::ALIGN32, bytes)?;
         // Pass 1: allocations, and the guest words of each sample in this order: the four
-        // texts' pointers, each present stop sequence's pointer, the two finish reasons' cases,
-        // then the verdicts' and the metadata's (pointer, length).
+        // texts' pointers; per generation, its stop sequence's pointer (when present) and its
+        // finish reason's case; then the verdicts' and the metadata's (pointer, length).
         let mut words: Vec<u32> = Vec::with_capacity(samples.len() * 10);
         let place = |cx: &mut LowerContext<'_, U>, t: &str| -> wasmtime::Result<u32> {
             if t.len() > (1 << 31) - 1 {
@@ -276,8 +276,6 @@ impl<'a> SampleList<'a> {
                 if let Some(stop) = g.stop_sequence {
                     words.push(place(cx, stop)?);
                 }
-            }
-            for g in [&s.instruction_generation, &s.response_generation] {
                 words.push(enum_case(cx, g.finish_reason, finish_reason)?);
             }
             let (vp, vn) = s.verdicts.lower_flat(cx, verdicts)?;
@@ -307,20 +305,16 @@ impl<'a> SampleList<'a> {
             for (k, t) in [s.id, s.instruction_type, s.instruction, s.response].into_iter().enumerate() {
                 copy(mem, rec + layout.sample[k], next(), t)?;
             }
-            let gens = [&s.instruction_generation, &s.response_generation];
             let o = &layout.generation;
-            for (k, g) in gens.iter().enumerate() {
-                let at = rec + layout.sample[4 + k] + o[1];
+            for (k, g) in [&s.instruction_generation, &s.response_generation].into_iter().enumerate() {
+                let at = rec + layout.sample[4 + k];
                 match g.stop_sequence {
                     Some(stop) => {
-                        mem[at] = 1;
-                        copy(mem, at + layout.stop_payload, next(), stop)?;
+                        mem[at + o[1]] = 1;
+                        copy(mem, at + o[1] + layout.stop_payload, next(), stop)?;
                     }
-                    None => mem[at] = 0,
+                    None => mem[at + o[1]] = 0,
                 }
-            }
-            for (k, g) in gens.iter().enumerate() {
-                let at = rec + layout.sample[4 + k];
                 mem[at + o[0]] = next() as u8;
                 put(mem, at + o[2], g.prompt_tokens);
                 put(mem, at + o[3], g.completion_tokens);
