@@ -2,9 +2,10 @@
 
 use std::sync::Mutex;
 
-#[cfg(not(target_feature = "atomics"))]
+/// A call's blocks (the host's copies of the batch, the working memory, the results) come from
+/// one arena chunk that is reused once they are all freed; the rest from talc.
 #[global_allocator]
-static TALC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+static ALLOC: kiln_alloc::Arena<talc::wasm::WasmDynamicTalc> = kiln_alloc::Arena::new(talc::wasm::new_wasm_dynamic_allocator());
 
 wit_bindgen::generate!({ path: "../../../wit", world: "cleaner" });
 
@@ -22,7 +23,12 @@ fn error(code: &str, message: String) -> PluginError {
     PluginError { code: code.into(), message, record_ids: vec![] }
 }
 
+/// The configuration and the reference index outlive the call: kept out of the arena.
 fn build_state(config: &str) -> Result<State, PluginError> {
+    ALLOC.persistent(|| state_from(config))
+}
+
+fn state_from(config: &str) -> Result<State, PluginError> {
     let cfg = crate::parse_config(config).map_err(|m| error("bad-config", m))?;
     let mut extra = Vec::new();
     if let Some(path) = &cfg.reference_file {
