@@ -75,6 +75,16 @@ fn wrong_result_count_breaks_the_contract() {
 }
 
 #[test]
+fn a_result_text_outside_the_plugins_memory_is_refused() {
+    isolates("bad-pointer", small(), FailureKind::Trap, "string pointer/length out of bounds of memory");
+}
+
+#[test]
+fn a_result_text_that_is_not_utf8_is_refused() {
+    isolates("bad-utf8", small(), FailureKind::Trap, "invalid utf-8");
+}
+
+#[test]
 fn plugin_error_value_is_isolated_too() {
     isolates("refuse", small(), FailureKind::PluginError, "refusing s-00005");
 }

@@ -7,6 +7,7 @@
 //!   budget.
 
 mod bindings;
+mod lift;
 mod lower;
 pub mod build;
 pub mod error;

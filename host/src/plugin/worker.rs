@@ -6,6 +6,7 @@ use wasmtime::Store;
 
 use super::bindings::{cleaner, critic, qc, template, wit};
 use super::error::{CallError, FailureKind, PluginError};
+use super::lift::CleanReplies;
 use super::lower::{sample_refs, SampleList};
 use super::runtime::{HostState, Plugin};
 use super::types::*;
@@ -368,15 +369,14 @@ impl<'p> Worker<'p> {
 
     /// `cleaner.clean`: the plugin's edits applied to copies of `samples`.
     pub fn clean(&mut self, samples: &[Sample]) -> Result<Vec<CleanOutcome>, PluginError> {
-        use super::bindings::cleaner::exports::kiln::stages::cleaning::Outcome;
         const CALL: &str = "clean";
         self.expect_world(World::Cleaner, CALL)?;
         let refs = sample_refs(samples);
         let out: Vec<CleanReply> = self.call(
             CALL,
             &ids_of(samples),
-            |live| call_with_samples::<(&SampleList,), Vec<Outcome>>(live, World::Cleaner, CALL, (&refs,)),
-            |v| v.into_iter().map(Into::into).collect(),
+            |live| call_with_samples::<(&SampleList,), CleanReplies>(live, World::Cleaner, CALL, (&refs,)),
+            |v| v.0,
         )?;
         self.check_count(CALL, samples, out.len())?;
         Ok(out.into_iter().zip(samples).map(|(o, s)| o.apply(s)).collect())

@@ -4,7 +4,8 @@
 //!
 //! Modes: loop, memory, stack, panic, output, fs, env, print, probe (records what the sandbox
 //! lets it see in metadata), wrong-count (returns too few outcomes), echo (keeps the sample with
-//! one note, "echo": every field it received, as JSON).
+//! one note, "echo": every field it received, as JSON), bad-pointer (returns a response text
+//! whose pointer lies outside its memory), bad-utf8 (returns a response that is not UTF-8).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -83,6 +84,16 @@ fn misbehave(mode: &str, s: &mut Sample) -> Option<Outcome> {
             note(s, "net", format!("{:?}", std::net::TcpStream::connect("127.0.0.1:9").map_err(|e| e.kind())));
         }
         "wrong-count" => return None,
+        // Texts the generated bindings pass to the host as they are, pointer and length: forged
+        // ones reach the host's reading of the result. Never read or freed here.
+        "bad-pointer" => {
+            let forged = unsafe { String::from_raw_parts(0x7fff_0000 as *mut u8, 64, 64) };
+            return Some(Outcome::Keep(Edit { instruction: None, response: Some(forged), notes: vec![] }));
+        }
+        "bad-utf8" => {
+            let forged = unsafe { String::from_utf8_unchecked(vec![b'o', b'k', 0xff, 0xfe]) };
+            return Some(Outcome::Keep(Edit { instruction: None, response: Some(forged), notes: vec![] }));
+        }
         "echo" => {
             use kiln::stages::types::{FinishReason, Generation};
             let generation = |g: &Generation| {
