@@ -142,9 +142,9 @@ impl<'a> From<&'a Sample> for SampleRef<'a> {
     }
 }
 
-/// The borrowed form of a batch of samples.
-pub(crate) fn sample_refs(samples: &[Sample]) -> SampleList<'_> {
-    SampleList(samples.iter().map(Into::into).collect())
+/// A batch of samples, to be lowered by reference.
+pub(crate) fn sample_list(samples: &[Sample]) -> SampleList<'_> {
+    SampleList(samples)
 }
 
 /// A batch of samples as the WIT `list<sample>`, lowered in two passes when the guest takes
@@ -154,7 +154,13 @@ pub(crate) fn sample_refs(samples: &[Sample]) -> SampleList<'_> {
 /// and writes the records. wasmtime's generic lowering looks the guest's memory up again for
 /// every field it writes; this writes the same bytes with one look-up per batch. Any other
 /// string encoding takes the generic lowering of `[SampleRef]`.
-pub(crate) struct SampleList<'a>(Vec<SampleRef<'a>>);
+pub(crate) struct SampleList<'a>(&'a [Sample]);
+
+impl SampleList<'_> {
+    fn refs(&self) -> Vec<SampleRef<'_>> {
+        self.0.iter().map(Into::into).collect()
+    }
+}
 
 // SAFETY: the type, ABI and type check of `[SampleRef]` (`list<sample>`), whose derived type
 // check holds the field names and order that the offsets below follow.
@@ -174,7 +180,7 @@ unsafe impl ComponentType for SampleList<'_> {
 unsafe impl Lower for SampleList<'_> {
     fn linear_lower_to_flat<U>(&self, cx: &mut LowerContext<'_, U>, ty: InterfaceType, dst: &mut MaybeUninit<Self::Lower>) -> wasmtime::Result<()> {
         if cx.options().string_encoding != StringEncoding::Utf8 {
-            return self.0.as_slice().linear_lower_to_flat(cx, ty, dst);
+            return self.refs().as_slice().linear_lower_to_flat(cx, ty, dst);
         }
         let (ptr, len) = self.store(cx, ty)?;
         dst.write([ValRaw::i64(ptr as i64), ValRaw::i64(len as i64)]);
@@ -183,7 +189,7 @@ unsafe impl Lower for SampleList<'_> {
 
     fn linear_lower_to_memory<U>(&self, cx: &mut LowerContext<'_, U>, ty: InterfaceType, offset: usize) -> wasmtime::Result<()> {
         if cx.options().string_encoding != StringEncoding::Utf8 {
-            return self.0.as_slice().linear_lower_to_memory(cx, ty, offset);
+            return self.refs().as_slice().linear_lower_to_memory(cx, ty, offset);
         }
         let (ptr, len) = self.store(cx, ty)?;
         *cx.get::<4>(offset) = (ptr as u32).to_le_bytes();
@@ -246,7 +252,7 @@ fn record_fields(types: &wasmtime::component::__internal::ComponentTypes, ty: In
 impl<'a> SampleList<'a> {
     /// Both passes; returns the list's (pointer, length).
     fn store<U>(&self, cx: &mut LowerContext<'_, U>, ty: InterfaceType) -> wasmtime::Result<(usize, usize)> {
-        let samples = &self.0;
+        let samples = self.0;
         let element = match ty {
             InterfaceType::List(l) => cx.types[l].element,
             _ => unreachable!("type-checked as a list"),
@@ -269,17 +275,18 @@ impl<'a> SampleList<'a> {
             Ok(if t.is_empty() { 1 } else { cx.realloc(0, 0, 1, t.len())? as u32 })
         };
         for s in samples {
-            for t in [s.id, s.instruction_type, s.instruction, s.response] {
+            for t in [&s.id, &s.instruction_type, &s.instruction, &s.response] {
                 words.push(place(cx, t)?);
             }
             for g in [&s.instruction_generation, &s.response_generation] {
-                if let Some(stop) = g.stop_sequence {
+                if let Some(stop) = &g.stop_sequence {
                     words.push(place(cx, stop)?);
                 }
-                words.push(enum_case(cx, g.finish_reason, finish_reason)?);
+                words.push(enum_case(cx, wit::FinishReason::from(g.finish_reason), finish_reason)?);
             }
-            let (vp, vn) = s.verdicts.lower_flat(cx, verdicts)?;
-            let (mp, mn) = s.metadata.lower_flat(cx, metadata)?;
+            // Empty vectors do not allocate: a sample without verdicts or metadata costs nothing here.
+            let (vp, vn) = List(s.verdicts.iter().map(VerdictRef::from).collect()).lower_flat(cx, verdicts)?;
+            let (mp, mn) = List(s.metadata.iter().map(|(key, value)| EntryRef { key, value }).collect()).lower_flat(cx, metadata)?;
             words.extend([vp, vn, mp, mn]);
         }
         // Pass 2: one view of the guest's memory for the whole batch.
@@ -302,13 +309,13 @@ impl<'a> SampleList<'a> {
         let mut next = || word.next().expect("the words of pass 1");
         for (i, s) in samples.iter().enumerate() {
             let rec = base + i * size;
-            for (k, t) in [s.id, s.instruction_type, s.instruction, s.response].into_iter().enumerate() {
+            for (k, t) in [&s.id, &s.instruction_type, &s.instruction, &s.response].into_iter().enumerate() {
                 copy(mem, rec + layout.sample[k], next(), t)?;
             }
             let o = &layout.generation;
             for (k, g) in [&s.instruction_generation, &s.response_generation].into_iter().enumerate() {
                 let at = rec + layout.sample[4 + k];
-                match g.stop_sequence {
+                match &g.stop_sequence {
                     Some(stop) => {
                         mem[at + o[1]] = 1;
                         copy(mem, at + o[1] + layout.stop_payload, next(), stop)?;

@@ -7,7 +7,7 @@ use wasmtime::Store;
 use super::bindings::{cleaner, critic, qc, template, wit};
 use super::error::{CallError, FailureKind, PluginError};
 use super::lift::CleanReplies;
-use super::lower::{sample_refs, SampleList};
+use super::lower::{sample_list, SampleList};
 use super::runtime::{HostState, Plugin};
 use super::types::*;
 use super::world::{World, WIT_PACKAGE, WIT_VERSION};
@@ -371,7 +371,7 @@ impl<'p> Worker<'p> {
     pub fn clean(&mut self, samples: &[Sample]) -> Result<Vec<CleanOutcome>, PluginError> {
         const CALL: &str = "clean";
         self.expect_world(World::Cleaner, CALL)?;
-        let refs = sample_refs(samples);
+        let refs = sample_list(samples);
         let out: Vec<CleanReply> = self.call(
             CALL,
             &ids_of(samples),
@@ -386,7 +386,7 @@ impl<'p> Worker<'p> {
     pub fn evaluate(&mut self, samples: &[Sample]) -> Result<QcReport, PluginError> {
         const CALL: &str = "evaluate";
         self.expect_world(World::QcRule, CALL)?;
-        let refs = sample_refs(samples);
+        let refs = sample_list(samples);
         self.call(
             CALL,
             &ids_of(samples),
@@ -400,7 +400,7 @@ impl<'p> Worker<'p> {
         use super::bindings::critic::exports::kiln::stages::judging::ScoreRequest as WitRequest;
         const CALL: &str = "requests";
         self.expect_world(World::Critic, CALL)?;
-        let refs = sample_refs(samples);
+        let refs = sample_list(samples);
         let out: Vec<ScoreRequest> = self.call(
             CALL,
             &ids_of(samples),
@@ -416,7 +416,7 @@ impl<'p> Worker<'p> {
         use super::bindings::critic::exports::kiln::stages::judging::{Judged as WitJudged, Score as WitScore};
         const CALL: &str = "decide";
         self.expect_world(World::Critic, CALL)?;
-        let refs = sample_refs(samples);
+        let refs = sample_list(samples);
         let wit_scores: Vec<WitScore> = scores.iter().map(Into::into).collect();
         let out: Vec<Judged> = self.call(
             CALL,
