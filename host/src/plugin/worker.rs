@@ -144,7 +144,8 @@ impl<'p> Worker<'p> {
             Bindings::Qc(b) => b.kiln_stages_checking().call_info(&mut *store),
             Bindings::Critic(b) => b.kiln_stages_judging().call_info(&mut *store),
         };
-        let i = r.map_err(|e| self.failure("info", &[], &mut live, e))?;
+        // A fresh store: everything on its stderr is this call's.
+        let i = r.map_err(|e| self.failure("info", &[], &mut live, 0, e))?;
         Ok(Info { name: i.name, version: i.version, wit_version: i.wit_version })
     }
 
@@ -172,14 +173,19 @@ impl<'p> Worker<'p> {
                 sha256: self.plugin.sha256.clone(),
                 message: e.message,
             }),
-            Err(trap) => Err(self.failure("configure", &[], &mut live, trap).into()),
+            // A fresh store: everything on its stderr is this call's.
+            Err(trap) => Err(self.failure("configure", &[], &mut live, 0, trap).into()),
         }
     }
 
     /// Turn a trap into a [`CallError`] naming the plugin, the call and the records.
-    fn failure(&self, call: &str, ids: &[String], live: &mut Live, err: wasmtime::Error) -> CallError {
+    fn failure(&self, call: &str, ids: &[String], live: &mut Live, stderr_before: usize, err: wasmtime::Error) -> CallError {
         let stderr = String::from_utf8_lossy(&live.store.data().stderr.contents()).into_owned();
-        let refused = live.store.data().limiter.refused;
+        // A refused growth explains the trap unless the call then panicked: a Rust guest that
+        // takes a refusal in its stride (`try_reserve`, an allocator that asks for less) and
+        // panics afterwards says so on stderr; running out of memory prints no panic.
+        let panicked = stderr.get(stderr_before..).is_some_and(|s| s.contains("panicked at"));
+        let refused = live.store.data().limiter.refused.filter(|_| !panicked);
         let trap = err.downcast_ref::<wasmtime::Trap>().copied();
         let (kind, mut detail) = if let Some(bytes) = refused {
             (
@@ -233,10 +239,14 @@ impl<'p> Worker<'p> {
         self.ready()?;
         let mut live = self.live.take().expect("ready() made one");
         live.store.set_fuel(self.plugin.spec.limits.fuel).expect("fuel is enabled in the engine");
+        // Only a refusal in this call explains a trap in this call: one an allocator took in
+        // its stride in an earlier call (and went on with less) does not.
+        live.store.data_mut().limiter.refused = None;
+        let stderr_before = live.stderr_seen;
         let raw = f(&mut live);
         self.forward_logs(&mut live);
         let out = match raw {
-            Err(trap) => return Err(self.failure(name, &ids(), &mut live, trap).into()),
+            Err(trap) => return Err(self.failure(name, &ids(), &mut live, stderr_before, trap).into()),
             Ok(Err(e)) => {
                 self.keep(live);
                 let mut detail = format!("[{}] {}", e.code, e.message);

@@ -5,7 +5,10 @@
 //! Modes: loop, memory, stack, panic, output, fs, env, print, probe (records what the sandbox
 //! lets it see in metadata), wrong-count (returns too few outcomes), echo (keeps the sample with
 //! one note, "echo": every field it received, as JSON), bad-pointer (returns a response text
-//! whose pointer lies outside its memory), bad-utf8 (returns a response that is not UTF-8).
+//! whose pointer lies outside its memory), bad-utf8 (returns a response that is not UTF-8),
+//! reserve (asks for 1 GiB it can do without on every other sample and panics on the
+//! triggering one: a refused growth taken in its stride, then a panic), reserve-loop (the same,
+//! then an endless loop).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -84,6 +87,13 @@ fn misbehave(mode: &str, s: &mut Sample) -> Option<Outcome> {
             note(s, "net", format!("{:?}", std::net::TcpStream::connect("127.0.0.1:9").map_err(|e| e.kind())));
         }
         "wrong-count" => return None,
+        "reserve" => panic!("hostile plugin panics after a refused growth on {}", s.id),
+        "reserve-loop" => {
+            let mut x = 0u64;
+            loop {
+                x = black_box(x.wrapping_add(1));
+            }
+        }
         // Texts the generated bindings pass to the host as they are, pointer and length: forged
         // ones reach the host's reading of the result. Never read or freed here.
         "bad-pointer" => {
@@ -144,6 +154,11 @@ impl Guest for Component {
         let (mode, always) = MODE.lock().unwrap().clone();
         let mut out = Vec::new();
         for mut s in samples {
+            if mode.starts_with("reserve") && !s.instruction.contains("TRIGGER") {
+                let mut spare: Vec<u8> = Vec::new();
+                let got = spare.try_reserve(1 << 30).is_ok();
+                black_box(got);
+            }
             if always || s.instruction.contains("TRIGGER") {
                 if mode == "refuse" {
                     return Err(PluginError { code: "bad-input".into(), message: format!("refusing {}", s.id), record_ids: vec![s.id] });
