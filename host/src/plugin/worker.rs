@@ -144,8 +144,7 @@ impl<'p> Worker<'p> {
             Bindings::Qc(b) => b.kiln_stages_checking().call_info(&mut *store),
             Bindings::Critic(b) => b.kiln_stages_judging().call_info(&mut *store),
         };
-        // A fresh store: everything on its stderr is this call's.
-        let i = r.map_err(|e| self.failure("info", &[], &mut live, 0, e))?;
+        let i = r.map_err(|e| self.failure("info", &[], &mut live, e))?;
         Ok(Info { name: i.name, version: i.version, wit_version: i.wit_version })
     }
 
@@ -173,19 +172,17 @@ impl<'p> Worker<'p> {
                 sha256: self.plugin.sha256.clone(),
                 message: e.message,
             }),
-            // A fresh store: everything on its stderr is this call's.
-            Err(trap) => Err(self.failure("configure", &[], &mut live, 0, trap).into()),
+            Err(trap) => Err(self.failure("configure", &[], &mut live, trap).into()),
         }
     }
 
     /// Turn a trap into a [`CallError`] naming the plugin, the call and the records.
-    fn failure(&self, call: &str, ids: &[String], live: &mut Live, stderr_before: usize, err: wasmtime::Error) -> CallError {
+    fn failure(&self, call: &str, ids: &[String], live: &mut Live, err: wasmtime::Error) -> CallError {
         let stderr = String::from_utf8_lossy(&live.store.data().stderr.contents()).into_owned();
-        // A refused growth explains the trap unless the call then panicked: a Rust guest that
-        // takes a refusal in its stride (`try_reserve`, an allocator that asks for less) and
-        // panics afterwards says so on stderr; running out of memory prints no panic.
-        let panicked = stderr.get(stderr_before..).is_some_and(|s| s.contains("panicked at"));
-        let refused = live.store.data().limiter.refused.filter(|_| !panicked);
+        // A growth refused in this call explains its trap (`call` clears the flag first). A
+        // panic after it is no sign of another cause: guest runtimes turn running out of memory
+        // into a panic too (Python's MemoryError, for one).
+        let refused = live.store.data().limiter.refused;
         let trap = err.downcast_ref::<wasmtime::Trap>().copied();
         let (kind, mut detail) = if let Some(bytes) = refused {
             (
@@ -242,11 +239,10 @@ impl<'p> Worker<'p> {
         // Only a refusal in this call explains a trap in this call: one an allocator took in
         // its stride in an earlier call (and went on with less) does not.
         live.store.data_mut().limiter.refused = None;
-        let stderr_before = live.stderr_seen;
         let raw = f(&mut live);
         self.forward_logs(&mut live);
         let out = match raw {
-            Err(trap) => return Err(self.failure(name, &ids(), &mut live, stderr_before, trap).into()),
+            Err(trap) => return Err(self.failure(name, &ids(), &mut live, trap).into()),
             Ok(Err(e)) => {
                 self.keep(live);
                 let mut detail = format!("[{}] {}", e.code, e.message);
