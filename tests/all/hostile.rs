@@ -91,8 +91,6 @@ fn a_refused_growth_in_an_earlier_call_does_not_explain_a_later_failure() {
         let PluginError::Call(e) = w.clean(&trigger()).unwrap_err() else { panic!("{mode}: not a call error") };
         assert_eq!(e.kind, kind, "{mode}: {}", e.detail);
     }
-    // Running out of memory is still told apart.
-    isolates("memory", small(), FailureKind::OutOfMemory, "cap of 67108864 bytes");
 }
 
 #[test]
