@@ -13,6 +13,7 @@ use wasmtime::component::{ComponentType, Lift};
 
 use super::bindings::cleaner::exports::kiln::stages::cleaning::Outcome;
 use super::bindings::wit::Entry;
+use super::lower::offsets;
 use super::types::CleanReply;
 
 /// A cleaner's replies, lifted from `list<outcome>`.
@@ -56,11 +57,6 @@ struct Layout {
     some: usize,
     /// `drop`: code, detail; `entry`: key, value.
     pair: [usize; 2],
-}
-
-fn offsets<const N: usize>(fields: [CanonicalAbiInfo; N]) -> [usize; N] {
-    let mut at = 0u32;
-    fields.map(|f| f.next_field32(&mut at) as usize)
 }
 
 impl Layout {

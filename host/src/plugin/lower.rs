@@ -207,12 +207,14 @@ struct Layout {
     stop_payload: usize,
 }
 
+/// The canonical ABI offsets (32-bit memory) of a record's fields, in order.
+pub(super) fn offsets<const N: usize>(fields: [CanonicalAbiInfo; N]) -> [usize; N] {
+    let mut at = 0u32;
+    fields.map(|f| f.next_field32(&mut at) as usize)
+}
+
 impl Layout {
     fn new() -> Layout {
-        fn offsets<const N: usize>(fields: [CanonicalAbiInfo; N]) -> [usize; N] {
-            let mut at = 0u32;
-            fields.map(|f| f.next_field32(&mut at) as usize)
-        }
         let text = <&str as ComponentType>::ABI;
         let count = <u32 as ComponentType>::ABI;
         Layout {

@@ -3,7 +3,9 @@
 use std::sync::Mutex;
 
 /// A call's blocks (the host's copies of the batch, the working memory, the results) come from
-/// one arena chunk that is reused once they are all freed; the rest from talc.
+/// one arena chunk that is reused once they are all freed; the rest from talc (whose wasm
+/// allocator assumes a single thread, hence not with atomics).
+#[cfg(not(target_feature = "atomics"))]
 #[global_allocator]
 static ALLOC: kiln_alloc::Arena<talc::wasm::WasmDynamicTalc> = kiln_alloc::Arena::new(talc::wasm::new_wasm_dynamic_allocator());
 
@@ -25,7 +27,10 @@ fn error(code: &str, message: String) -> PluginError {
 
 /// The configuration and the reference index outlive the call: kept out of the arena.
 fn build_state(config: &str) -> Result<State, PluginError> {
-    ALLOC.persistent(|| state_from(config))
+    #[cfg(not(target_feature = "atomics"))]
+    return ALLOC.persistent(|| state_from(config));
+    #[cfg(target_feature = "atomics")]
+    return state_from(config);
 }
 
 fn state_from(config: &str) -> Result<State, PluginError> {

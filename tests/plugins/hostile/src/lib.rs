@@ -30,6 +30,14 @@ fn recurse(n: u64) -> u64 {
     n
 }
 
+/// Loop until the fuel runs out.
+fn spin() -> ! {
+    let mut x = 0u64;
+    loop {
+        x = black_box(x.wrapping_add(1));
+    }
+}
+
 fn note(s: &mut Sample, key: &str, value: String) {
     s.metadata.push(Entry { key: key.into(), value });
 }
@@ -43,12 +51,7 @@ fn try_read(path: &str) -> String {
 
 fn misbehave(mode: &str, s: &mut Sample) -> Option<Outcome> {
     match mode {
-        "loop" => {
-            let mut x = 0u64;
-            loop {
-                x = black_box(x.wrapping_add(1));
-            }
-        }
+        "loop" => spin(),
         "memory" => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
@@ -88,12 +91,7 @@ fn misbehave(mode: &str, s: &mut Sample) -> Option<Outcome> {
         }
         "wrong-count" => return None,
         "reserve" => panic!("hostile plugin panics after a refused growth on {}", s.id),
-        "reserve-loop" => {
-            let mut x = 0u64;
-            loop {
-                x = black_box(x.wrapping_add(1));
-            }
-        }
+        "reserve-loop" => spin(),
         // Texts the generated bindings pass to the host as they are, pointer and length: forged
         // ones reach the host's reading of the result. Never read or freed here.
         "bad-pointer" => {
